@@ -1,0 +1,165 @@
+"""Checkpoints: our own format (config + weights, written atomically) and import of official VITA weights.
+
+Official detectron2 checkpoints (`model_final.pth`, `{"model": state_dict, ...}`) name the two graphs'
+weights `backbone.*`, `sem_seg_head.pixel_decoder.*`, `sem_seg_head.predictor.*` and `vita_module.*`;
+`vita_module.vita_mask_features.*` belongs to our frame detector (vita_spec.md section 7).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vita_deploy.config import ModelConfig, get_config
+from vita_deploy.modeling.model import VitaModel, build_model
+
+FORMAT = "vita-deploy"
+
+# (our prefix, official prefix), most specific first.
+OFFICIAL_PREFIXES = (
+    ("frame_detector.vita_mask_features.", "vita_module.vita_mask_features."),
+    ("frame_detector.backbone.", "backbone."),
+    ("frame_detector.pixel_decoder.", "sem_seg_head.pixel_decoder."),
+    ("frame_detector.predictor.", "sem_seg_head.predictor."),
+    ("vita_head.", "vita_module."),
+)
+# Official keys that carry no inference or training weights of ours (loss buffers, BN step counters).
+IGNORED_OFFICIAL_SUFFIXES = ("num_batches_tracked",)
+IGNORED_OFFICIAL_KEYS = ("criterion.empty_weight", "vita_criterion.empty_weight", "pixel_mean", "pixel_std")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
+
+
+def to_official_key(key: str) -> str:
+    for ours, theirs in OFFICIAL_PREFIXES:
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    raise KeyError(key)
+
+
+def from_official_key(key: str) -> str | None:
+    for ours, theirs in OFFICIAL_PREFIXES:
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return None
+
+
+def atomic_write(path: str | Path, write: Any) -> Path:
+    """Call write(tmp_path) then rename onto `path`, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, model: VitaModel, **extra: Any) -> Path:
+    """Write {"format", "config", "model", **extra} atomically. `extra` must hold only plain data/tensors."""
+    payload = {"format": FORMAT, "config": model.cfg.to_dict(), "model": model.state_dict(), **extra}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _torch_load(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for corrupt or unsafe files
+        raise CheckpointError(
+            f"cannot load {path} with torch.load(weights_only=True): {type(e).__name__}: {str(e).splitlines()[0]}. "
+            "The file is corrupt, truncated, or pickles objects other than tensors and plain data "
+            "(re-save it with torch.save({'model': model.state_dict()}, path))") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a dict with a state dict")
+    return data
+
+
+def load_checkpoint(path: str | Path, cfg: ModelConfig | None = None) -> tuple[VitaModel, dict]:
+    """Load our checkpoint or an official detectron2 VITA checkpoint -> (model in eval mode, the file's dict).
+
+    Ours carries its config; an official one needs `cfg` (default: r50).
+    """
+    path = Path(path)
+    data = _torch_load(path)
+    if data.get("format") == FORMAT:
+        model = build_model(ModelConfig.from_dict(data["config"]))
+        load_state_dict_checked(model, data["model"], str(path))
+    else:
+        state = data.get("model", data)
+        model = build_model(cfg or get_config("r50"))
+        import_official_state_dict(model, state, str(path))
+    return model.eval(), data
+
+
+def load_state_dict_checked(model: VitaModel, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with every missing/unexpected/mis-shaped key named in one clear error."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointError(_mismatch_message(source, model.cfg.name, missing, unexpected, shapes))
+    model.load_state_dict(state)
+
+
+def import_official_state_dict(model: VitaModel, state: dict[str, torch.Tensor], source: str = "state dict"
+                               ) -> dict[str, list[str]]:
+    """Load an official VITA state dict into `model`; raises CheckpointError naming every mismatch.
+
+    Returns {"ignored": [...]} for official keys that are known to carry nothing we use.
+    """
+    converted, unexpected, ignored = {}, [], []
+    for key, value in state.items():
+        if key in IGNORED_OFFICIAL_KEYS or key.endswith(IGNORED_OFFICIAL_SUFFIXES):
+            ignored.append(key)
+            continue
+        ours = from_official_key(key)
+        if ours is None:
+            unexpected.append(key)
+        else:
+            converted[ours] = value
+    expected = model.state_dict()
+    missing = [to_official_key(k) for k in expected if k not in converted]
+    unexpected += [to_official_key(k) for k in converted if k not in expected]
+    shapes = [f"{to_official_key(k)}: checkpoint {tuple(converted[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in converted and tuple(converted[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointError(_mismatch_message(source, model.cfg.name, missing, unexpected, shapes))
+    model.load_state_dict({k: v for k, v in converted.items() if k in expected})
+    return {"ignored": ignored}
+
+
+def _mismatch_message(source: str, config: str, missing: list[str], unexpected: list[str], shapes: list[str],
+                      limit: int = 20) -> str:
+    def block(title: str, items: list[str]) -> str:
+        if not items:
+            return ""
+        more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+        return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:limit]) + more
+
+    return (f"checkpoint {source} does not match the '{config}' model"
+            + block("missing keys", missing) + block("unexpected keys", unexpected)
+            + block("shape mismatches", shapes)
+            + "\nPick the config the checkpoint was trained with (e.g. --config r50 for official R-50 YouTube-VIS "
+              "weights, 40 classes), or check that the file is a VITA checkpoint.")

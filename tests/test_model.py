@@ -37,7 +37,7 @@ def test_tiny_stage_shapes(tiny):
 def test_tiny_training_outputs(tiny):
     cfg = tiny.cfg
     b, t = 2, 3
-    frame_out, vita_out, mask_features = tiny.forward_train(torch.randn(b, t, 3, 64, 96))
+    frame_out, vita_out, mask_features = tiny(torch.randn(b, t, 3, 64, 96))
     p = cfg.frame_decoder.num_layers + 1
     fq, cq, c, k = cfg.frame_decoder.num_queries, cfg.vita.num_queries, cfg.vita.hidden_dim, cfg.num_classes
     assert frame_out.pred_logits.shape == (p, b * t, fq, k + 1)

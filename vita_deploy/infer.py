@@ -17,6 +17,7 @@ from vita_deploy.config import get_config
 from vita_deploy.inference import VideoPrediction, eager_graphs, run_video
 from vita_deploy.modeling.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from vita_deploy.modeling.model import VitaModel, build_model
+from vita_deploy.render import render_video
 from vita_deploy.video_io import VideoReadError, open_video
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "vita_tiny_synthetic.pth"
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="our .pth or an official VITA model_final.pth")
     parser.add_argument("--config", choices=["tiny", "r50"], help="config for official/random weights")
     parser.add_argument("--json", default="results.json", help="YouTube-VIS result JSON to write")
+    parser.add_argument("--out", help="rendered mp4 to write (masks, classes, scores) at the source frame rate")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="instances shown in --out")
     parser.add_argument("--video-id", type=int, default=1, help="video_id written in the results")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA (as the official eval)")
@@ -69,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({pred.num_frames / pred.timings['total_s']:.2f} fps); wrote {len(results)} instances to {args.json}")
     for score, label in zip(pred.scores, pred.labels):
         print(f"  {names[label] if names else label:>14s}  {score:.3f}")
+    if args.out:
+        source = open_video(args.video)
+        render_video(source, pred, args.out, source.fps, names, args.score_threshold)
+        print(f"rendered {args.out}")
     return 0
 
 

@@ -75,10 +75,11 @@ class VitaModel(nn.Module):
         self.vita_head: VitaHead = build_vita_head(cfg.vita, cfg.num_classes, cfg.frame_decoder.num_queries,
                                                    cfg.pixel_decoder.mask_dim)
 
-    def forward_train(self, images: torch.Tensor
-                      ) -> tuple[FrameDetectorTrainOutput, VitaHeadTrainOutput, torch.Tensor]:
-        """images (B, T, 3, H, W) normalised and padded -> per-frame outputs, VITA outputs and the video mask
-        features (B, T, C, H/4, W/4). Video mask logits: einsum("...qc,btchw->...qthw", mask_embed, features)."""
+    def forward(self, images: torch.Tensor) -> tuple[FrameDetectorTrainOutput, VitaHeadTrainOutput, torch.Tensor]:
+        """Training forward (what the losses need; inference runs the two graphs separately, see
+        `vita_deploy.inference`). images (B, T, 3, H, W) normalised and padded -> per-frame outputs, VITA
+        outputs and the video mask features (B, T, C, H/4, W/4).
+        Video mask logits: einsum("...qc,btchw->...qthw", mask_embed, features)."""
         b, t = images.shape[:2]
         frame_out = self.frame_detector.forward_train(images.flatten(0, 1))
         num_layers, _, fq, c = frame_out.frame_queries.shape

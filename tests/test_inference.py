@@ -117,3 +117,28 @@ def test_infer_cli_clear_errors(tmp_path, capsys):
     bad.write_bytes(b"not a video at all")
     assert infer.main([str(bad), "--config", "tiny"]) == 2
     assert "cannot decode" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host_mb,dtype", [(None, torch.float32), (0.0, torch.float32), (0.05, torch.float16)])
+def test_feature_store_tiers_round_trip(host_mb, dtype, tmp_path):
+    from vita_deploy.feature_store import FeatureStore
+    x = torch.randn(150, 4, 5, 6)
+    with FeatureStore("cpu", 0, host_mb, tmp_path, dtype) as store:
+        for i in range(0, 150, 7):
+            store.append(x[i:i + 7])
+        assert store.num_frames == 150
+        assert store.bytes_host + store.bytes_disk == 150 * 4 * 5 * 6 * (4 if dtype == torch.float32 else 2)
+        if host_mb == 0.0:
+            assert store.bytes_host == 0 and len(list(tmp_path.iterdir())) == 1
+        y = torch.cat([store.get(i, min(i + 5, 150)) for i in range(0, 150, 5)])
+    torch.testing.assert_close(y, x, rtol=0, atol=0 if dtype == torch.float32 else 5e-3)
+    assert not list(tmp_path.iterdir())  # the spill file is removed
+
+
+def test_run_video_spilling_to_disk_gives_same_result(tiny, tmp_path):
+    frames = _frames(7)
+    det, vita = eager_graphs(tiny)
+    a = run_video(frames, det, vita, tiny.cfg)
+    b = run_video(frames, det, vita, tiny.cfg, host_budget_mb=0.0, spill_dir=str(tmp_path))
+    assert a.scores == b.scores and a.labels == b.labels and a.segmentations == b.segmentations
+    assert set(a.timings) == {"decode", "preprocess", "detector", "vita", "postprocess"}

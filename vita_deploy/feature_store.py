@@ -1,0 +1,111 @@
+"""Where per-frame mask features wait for VITA: on the device up to a budget, then host memory (pinned when
+the device is CUDA) up to a budget, then a memory-mapped file on disk. Whole-video inference needs the mask
+features of every frame after VITA has run once over all frame queries, so this store is what grows with
+video length; its tiers keep a 10,000-frame video from exhausting GPU or host memory.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
+
+
+class FeatureStore:
+    """Append (n, C, h, w) chunks, read back frame ranges as tensors on `device`.
+
+    Args:
+        device: where the features are produced and consumed.
+        device_budget_mb: features kept on `device` (ignored when `device` is the CPU).
+        host_budget_mb: features kept in host memory beyond that (pinned when `device` is CUDA); None = no limit.
+        spill_dir: folder for the disk tier (a temporary file, deleted by `close`); default: system temp.
+        dtype: storage dtype; float16 halves the memory (features are upcast when read).
+    """
+
+    def __init__(self, device: torch.device | str, device_budget_mb: float = 0.0, host_budget_mb: float | None = None,
+                 spill_dir: str | Path | None = None, dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.device_budget = device_budget_mb * 2**20 if self.device.type != "cpu" else 0.0
+        self.host_budget = float("inf") if host_budget_mb is None else host_budget_mb * 2**20
+        self.spill_dir = spill_dir
+        self._chunks: list[tuple[int, torch.Tensor | None]] = []  # (num frames, tensor or None when on disk)
+        self._disk: np.memmap | None = None
+        self._disk_path: str | None = None
+        self._disk_frames = 0
+        self._disk_index: list[int] = []  # for disk chunks: start frame in the memmap
+        self.bytes_device = 0
+        self.bytes_host = 0
+        self.num_frames = 0
+
+    def append(self, features: torch.Tensor) -> None:
+        x = features.detach().to(self.dtype)
+        nbytes = x.numel() * x.element_size()
+        if self.bytes_device + nbytes <= self.device_budget:
+            stored = x.to(self.device)
+            self.bytes_device += nbytes
+        elif self.bytes_host + nbytes <= self.host_budget:
+            stored = torch.empty(x.shape, dtype=x.dtype, pin_memory=self.device.type == "cuda")
+            stored.copy_(x, non_blocking=self.device.type == "cuda")
+            self.bytes_host += nbytes
+        else:
+            self._spill(x)
+            stored = None
+        self._chunks.append((x.shape[0], stored))
+        self.num_frames += x.shape[0]
+
+    def _spill(self, x: torch.Tensor) -> None:
+        n = x.shape[0]
+        if self._disk is None or self._disk_frames + n > self._disk.shape[0]:
+            self._grow_disk(x.shape[1:], self._disk_frames + max(n, 64))
+        self._disk[self._disk_frames:self._disk_frames + n] = x.cpu().numpy()
+        self._disk_index.append(self._disk_frames)
+        self._disk_frames += n
+
+    def _grow_disk(self, frame_shape: torch.Size, frames: int) -> None:
+        capacity = max(frames, 2 * (self._disk.shape[0] if self._disk is not None else 0))
+        if self._disk_path is None:
+            fd, self._disk_path = tempfile.mkstemp(prefix="vita_mask_features_", suffix=".bin", dir=self.spill_dir)
+            os.close(fd)
+        if self._disk is not None:
+            self._disk.flush()
+        dtype = np.dtype(_NUMPY_DTYPES[self.dtype])
+        os.truncate(self._disk_path, capacity * int(np.prod(frame_shape)) * dtype.itemsize)  # grow, keep data
+        self._disk = np.memmap(self._disk_path, dtype=dtype, mode="r+", shape=(capacity, *frame_shape))
+
+    def get(self, start: int, stop: int) -> torch.Tensor:
+        """Frames [start, stop) as a float32 tensor on `device`."""
+        parts, offset, disk_i = [], 0, 0
+        for n, stored in self._chunks:
+            lo, hi = max(start, offset), min(stop, offset + n)
+            if lo < hi:
+                if stored is not None:
+                    parts.append(stored[lo - offset:hi - offset].to(self.device, non_blocking=True))
+                else:
+                    base = self._disk_index[disk_i] - offset
+                    parts.append(torch.from_numpy(np.array(self._disk[base + lo:base + hi])).to(self.device))
+            if stored is None:
+                disk_i += 1
+            offset += n
+        return torch.cat(parts).float()
+
+    @property
+    def bytes_disk(self) -> int:
+        return 0 if self._disk is None else self._disk_frames * int(np.prod(self._disk.shape[1:])) * self._disk.itemsize
+
+    def close(self) -> None:
+        self._chunks.clear()
+        self._disk = None
+        if self._disk_path and os.path.exists(self._disk_path):
+            os.remove(self._disk_path)
+        self._disk_path = None
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,110 @@
+"""Honest fps and latency per stage, backend, precision and clip length; memory against video length.
+
+    python benchmarks/bench.py --config tiny --backend torch onnxruntime --frames 18 36 72 --out benchmarks/results/cpu_tiny
+    python benchmarks/bench.py --config r50 --backend torch --precision fp32 fp16 --device cuda --resolution 360p
+    python benchmarks/bench.py --config tiny --memory-study 36 360 1000 10000 --out benchmarks/results/cpu_memory
+
+Writes NAME.json (results, machine, versions, the exact command), NAME.md (a table) and PNG plots.
+End-to-end time includes mp4 decoding, pre-processing, both graphs, top-k, mask upsampling and RLE encoding.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from vita_deploy.benchmark import (RESOLUTIONS, bench_video, environment, make_benchmark_video, plot_fps,  # noqa: E402
+                                   result_from_timings, write_json, write_markdown)
+from vita_deploy.config import get_config  # noqa: E402
+from vita_deploy.infer import load_model  # noqa: E402
+from vita_deploy.inference import eager_graphs  # noqa: E402
+
+
+def graphs_for(backend: str, precision: str, model, device: torch.device, export_dir: str | None):
+    """The two graph callables of a backend, or a reason why it cannot run here."""
+    if backend == "torch":
+        return eager_graphs(model, amp=precision == "fp16")
+    if backend == "torch-compile":
+        model.frame_detector = torch.compile(model.frame_detector)
+        model.vita_head = torch.compile(model.vita_head, dynamic=True)
+        return eager_graphs(model, amp=precision == "fp16")
+    if backend == "onnxruntime":
+        if not export_dir:
+            raise SystemExit("--backend onnxruntime needs --export DIR (from `python export/to_onnx.py`)")
+        from vita_deploy.export.ort import ort_graphs
+        return ort_graphs(export_dir, device=device)
+    if backend == "tensorrt":
+        if not export_dir:
+            raise SystemExit("--backend tensorrt needs --export DIR with built engines")
+        from vita_deploy.runtime import tensorrt_graphs
+        return tensorrt_graphs(export_dir, device=device)
+    raise SystemExit(f"unknown backend {backend}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny", choices=["tiny", "r50"])
+    p.add_argument("--checkpoint", help="weights (default: shipped tiny checkpoint, or random for r50)")
+    p.add_argument("--backend", nargs="+", default=["torch"],
+                   choices=["torch", "torch-compile", "onnxruntime", "tensorrt"])
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--frames", nargs="+", type=int, default=[18, 36])
+    p.add_argument("--resolution", nargs="+", default=["360p"], choices=sorted(RESOLUTIONS))
+    p.add_argument("--export", help="export dir (ONNX files / engines) for onnxruntime and tensorrt")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--memory-study", nargs="*", type=int, metavar="FRAMES",
+                   help="peak memory vs video length, streaming vs all-frames-at-once")
+    p.add_argument("--out", default="benchmarks/results/bench", help="output path prefix (NAME.json/.md/.png)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = environment(argv)
+    results, memory = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = {}
+        for res in args.resolution:
+            h, w = RESOLUTIONS[res]
+            n = max(args.frames + (args.memory_study or []))
+            videos[res] = make_benchmark_video(Path(tmp) / f"{res}.mp4", n, h, w)
+        for backend in args.backend:
+            for precision in args.precision:
+                model = load_model(args.checkpoint, args.config).to(device)
+                detector, vita = graphs_for(backend, precision, model, device, args.export)
+                for res, video in videos.items():
+                    for frames in args.frames:
+                        clip = Path(tmp) / f"{res}_{frames}.mp4"
+                        if not clip.exists():
+                            make_benchmark_video(clip, frames, *RESOLUTIONS[res])
+                        e2e, stages, host, gpu = bench_video(clip, detector, vita, model.cfg, device,
+                                                             args.repeats, args.warmup)
+                        r = result_from_timings(backend, precision, device, model.cfg, res, frames, e2e, stages,
+                                                host, gpu, args.repeats, args.warmup)
+                        results.append(r)
+                        print(f"{args.config} {backend} {precision} {device} {res} {frames} frames: "
+                              f"{r.fps['end_to_end']:.2f} fps end to end, detector {r.fps.get('detector', 0):.2f} fps, "
+                              f"host peak {host:.0f} MB" + (f", GPU peak {gpu:.0f} MB" if gpu else ""), flush=True)
+        if args.memory_study:
+            from vita_deploy.benchmark import memory_study
+            memory = memory_study(args.config, args.checkpoint, device, Path(tmp), args.resolution[0],
+                                  args.memory_study, out)
+    write_json(results, out.with_suffix(".json"), env, {"memory_study": memory} if memory else None)
+    if results:
+        write_markdown(results, out.with_suffix(".md"), env)
+        plot_fps(results, out.with_name(out.name + "_fps.png"))
+    print(f"wrote {out.with_suffix('.json')}" + (f", {out.with_suffix('.md')}" if results else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

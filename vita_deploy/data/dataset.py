@@ -1,0 +1,161 @@
+"""Training clips from a YouTube-VIS folder: official frame sampling and clip-consistent augmentation.
+
+Sampling (`vita/data/dataset_mapper.py`): a random reference frame, then T-1 more drawn WITH replacement from
+[ref - range, ref + range] (clipped to the video, excluding the reference), sorted. Augmentation draws its
+parameters once per clip and applies them to every frame: shortest-edge resize, optional random crop, flip.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+
+from vita_deploy.data.ytvis_json import YTVISFormatError, category_mapping, load_ytvis_json, segmentation_to_rle
+from vita_deploy.video_io import read_image
+
+
+def sample_frame_indices(rng: np.random.Generator, length: int, num_frames: int, frame_range: int) -> np.ndarray:
+    """Reference frame + (num_frames - 1) draws with replacement within +-frame_range, sorted."""
+    ref = int(rng.integers(length))
+    lo, hi = max(0, ref - frame_range), min(length, ref + frame_range + 1)
+    candidates = [i for i in range(lo, hi) if i != ref]
+    if num_frames == 1 or not candidates:
+        others = np.full(num_frames - 1, ref)
+    else:
+        others = rng.choice(candidates, num_frames - 1, replace=True)
+    return np.sort(np.concatenate([[ref], others])).astype(np.int64)
+
+
+@dataclass
+class ClipAugmentation:
+    """Clip-consistent augmentation. Defaults suit the small synthetic frames; `official_ytvis()` gives the
+    official YouTube-VIS values."""
+
+    min_sizes: tuple[int, ...] = (128, 144, 160, 176, 192)
+    max_size: int = 320
+    crop_prob: float = 0.5
+    crop_resize_sizes: tuple[int, ...] = (160, 192, 224)  # short side before cropping
+    crop_range: tuple[int, int] = (128, 192)  # absolute crop side range (h and w drawn independently)
+    flip_prob: float = 0.5
+
+    @classmethod
+    def official_ytvis(cls) -> "ClipAugmentation":
+        return cls(min_sizes=tuple(range(288, 513, 32)), max_size=768, crop_prob=0.5,
+                   crop_resize_sizes=(400, 500, 600), crop_range=(384, 600), flip_prob=0.5)
+
+    def sample(self, rng: np.random.Generator, h: int, w: int) -> dict:
+        """Parameters for one clip of (h, w) frames."""
+        params: dict = {"flip": bool(rng.random() < self.flip_prob), "crop": None}
+        if rng.random() < self.crop_prob:
+            short = int(rng.choice(self.crop_resize_sizes))
+            rh, rw = _short_edge(h, w, short, 10**6)
+            ch = int(min(rh, rng.integers(self.crop_range[0], self.crop_range[1] + 1)))
+            cw = int(min(rw, rng.integers(self.crop_range[0], self.crop_range[1] + 1)))
+            params["crop"] = ((rh, rw), (int(rng.integers(rh - ch + 1)), int(rng.integers(rw - cw + 1)), ch, cw))
+            h, w = ch, cw
+        params["size"] = _short_edge(h, w, int(rng.choice(self.min_sizes)), self.max_size)
+        return params
+
+    @staticmethod
+    def apply(image: np.ndarray, params: dict, is_mask: bool = False) -> np.ndarray:
+        interp = cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
+        x = image.astype(np.uint8) if is_mask else image
+        if params["crop"] is not None:
+            (rh, rw), (y0, x0, ch, cw) = params["crop"]
+            x = cv2.resize(x, (rw, rh), interpolation=interp)[y0:y0 + ch, x0:x0 + cw]
+        h, w = params["size"]
+        x = cv2.resize(x, (w, h), interpolation=interp)
+        if params["flip"]:
+            x = x[:, ::-1]
+        return np.ascontiguousarray(x.astype(bool) if is_mask else x)
+
+
+def _short_edge(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    scale = short / min(h, w)
+    if max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+class YTVISClipDataset(Dataset):
+    """Random clips of `num_frames` frames with video-level targets (see `__getitem__`).
+
+    Item `i` is the clip drawn by the random stream (seed, i): the video, its frames and the augmentation.
+    Any integer is a valid index (`len()` is the number of videos, one "epoch"), so a trainer can iterate
+    sample numbers 0, 1, 2, ... and resume exactly at any of them.
+    """
+
+    def __init__(self, json_path: str | Path, image_root: str | Path, num_frames: int = 5,
+                 sampling_frame_range: int = 20, augment: ClipAugmentation | None = None, seed: int = 0) -> None:
+        if seed < 0:
+            raise ValueError("seed must be >= 0")
+        self.data = load_ytvis_json(json_path)
+        self.image_root = Path(image_root)
+        self.num_frames, self.frame_range = num_frames, sampling_frame_range
+        self.augment, self.seed = augment, seed
+        self.category_ids, self._contiguous = category_mapping(self.data)
+        names = {c["id"]: c["name"] for c in self.data["categories"]}
+        self.category_names = [names[i] for i in self.category_ids]
+        self.num_classes = len(self.category_ids)
+        if not self.data["annotations"]:
+            raise YTVISFormatError(f"{json_path} has no annotations: training needs a labelled split")
+        by_video: dict[int, list[dict]] = {}
+        for a in self.data["annotations"]:
+            by_video.setdefault(a["video_id"], []).append(a)
+        self.videos = [v for v in self.data["videos"] if v["id"] in by_video]
+        self.annotations = by_video
+        first = self.image_root / self.videos[0]["file_names"][0]
+        if not first.is_file():
+            raise YTVISFormatError(f"image {first} does not exist: --data must hold <split>/JPEGImages next to "
+                                   "<split>.json")
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict:
+        """images uint8 (T, 3, H, W) RGB; labels int64 (G,) contiguous; ids int64 (G,); masks bool (G, T, H, W);
+        valid bool (G, T); video_id; frame_indices int64 (T,). Only instances present in some sampled frame."""
+        rng = np.random.default_rng([self.seed, index])  # reproducible and independent of workers
+        video = self.videos[int(rng.integers(len(self.videos)))]
+        frames_idx = sample_frame_indices(rng, video["length"], self.num_frames, self.frame_range)
+        h, w = video["height"], video["width"]
+        params = self.augment.sample(rng, h, w) if self.augment else None
+        images = []
+        for t in frames_idx:
+            image = read_image(self.image_root / video["file_names"][t])
+            images.append(self.augment.apply(image, params) if params else image)
+        anns = self.annotations[video["id"]]
+        masks, labels, ids = [], [], []
+        for a in anns:
+            per_frame = []
+            for t in frames_idx:
+                rle = segmentation_to_rle(a["segmentations"][t], h, w)
+                m = mask_utils.decode(rle).astype(bool) if rle is not None else np.zeros((h, w), bool)
+                per_frame.append(self.augment.apply(m, params, is_mask=True) if params else m)
+            stack = np.stack(per_frame)
+            if stack.any():
+                masks.append(stack)
+                labels.append(self._contiguous[a["category_id"]])
+                ids.append(a["id"])
+        out_h, out_w = images[0].shape[:2]
+        masks_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, len(frames_idx), out_h, out_w,
+                                                                                dtype=torch.bool)
+        return {
+            "images": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "ids": torch.tensor(ids, dtype=torch.int64),
+            "masks": masks_t,
+            "valid": masks_t.flatten(2).any(-1),
+            "video_id": video["id"],
+            "frame_indices": torch.from_numpy(frames_idx),
+        }
+
+
+def collate_clips(batch: list[dict]) -> list[dict]:
+    """Keep clips of different sizes as a list; the trainer normalises and pads them together."""
+    return batch

@@ -36,11 +36,11 @@ class ClipAugmentation:
     """Clip-consistent augmentation. Defaults suit the small synthetic frames; `official_ytvis()` gives the
     official YouTube-VIS values."""
 
-    min_sizes: tuple[int, ...] = (128, 144, 160, 176, 192)
-    max_size: int = 320
+    min_sizes: tuple[int, ...] = (128, 144, 160, 176)
+    max_size: int = 256
     crop_prob: float = 0.5
-    crop_resize_sizes: tuple[int, ...] = (160, 192, 224)  # short side before cropping
-    crop_range: tuple[int, int] = (128, 192)  # absolute crop side range (h and w drawn independently)
+    crop_resize_sizes: tuple[int, ...] = (144, 160, 192)  # short side before cropping
+    crop_range: tuple[int, int] = (112, 176)  # absolute crop side range (h and w drawn independently)
     flip_prob: float = 0.5
 
     @classmethod

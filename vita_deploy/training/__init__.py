@@ -1,0 +1,1 @@
+"""Losses, matchers and the trainer."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from vita_deploy.config import FrameDecoderConfig
 from vita_deploy.modeling.position_encoding import sine_position_encoding
-from vita_deploy.modeling.transformer_layers import (MASK_BIAS, MLP, CrossAttentionLayer, FFNLayer,
+from vita_deploy.modeling.transformer_layers import (MASK_BIAS, MLP, LayerNorm, CrossAttentionLayer, FFNLayer,
                                                      SelfAttentionLayer)
 
 
@@ -51,7 +51,7 @@ class MaskedTransformerDecoder(nn.Module):
         self.transformer_cross_attention_layers = nn.ModuleList(
             CrossAttentionLayer(c, cfg.num_heads) for _ in range(cfg.num_layers))
         self.transformer_ffn_layers = nn.ModuleList(FFNLayer(c, cfg.ffn_dim) for _ in range(cfg.num_layers))
-        self.decoder_norm = nn.LayerNorm(c)
+        self.decoder_norm = LayerNorm(c)
         self.query_feat = nn.Embedding(cfg.num_queries, c)
         self.query_embed = nn.Embedding(cfg.num_queries, c)
         self.level_embed = nn.Embedding(num_levels, c)

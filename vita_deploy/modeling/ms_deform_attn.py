@@ -6,6 +6,9 @@ checked against it. `MSDeformAttn` is the module with the official parameter nam
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,7 +16,7 @@ from torch import nn
 
 def ms_deform_attn(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes: torch.Tensor | Sequence[tuple[int, int]],
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
@@ -22,7 +25,8 @@ def ms_deform_attn(
 
     Args:
         value: (N, S, M, D), the levels flattened row-major and concatenated, S = sum(h * w).
-        spatial_shapes: (L, 2) integer (h, w) per level.
+        spatial_shapes: (L, 2) integer (h, w) per level, or the same as a list of (h, w) (static or symbolic
+            sizes: what the model passes, so that export never reads sizes out of a tensor).
         level_start_index: (L,) integer offset of each level in S (checked, not needed here).
         sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y) in [0, 1]; pixel centres at (i + 0.5) / size,
             locations outside the map read zeros (grid_sample, align_corners=False, zero padding).
@@ -32,9 +36,12 @@ def ms_deform_attn(
     """
     n, s, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    if len(shapes) != num_levels or sum(h * w for h, w in shapes) != s:
-        raise ValueError(f"spatial_shapes {shapes} do not match value length {s} and {num_levels} levels")
+    if isinstance(spatial_shapes, torch.Tensor):
+        shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+        if len(shapes) != num_levels or sum(h * w for h, w in shapes) != s:
+            raise ValueError(f"spatial_shapes {shapes} do not match value length {s} and {num_levels} levels")
+    else:
+        shapes = list(spatial_shapes)
     values = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1
     sampled = []
@@ -50,6 +57,92 @@ def ms_deform_attn(
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * num_points)
     out = (sampled_all * weights).sum(-1)  # (N*M, D, Lq)
     return out.view(n, m, d, lq).permute(0, 3, 1, 2)  # (N, Lq, M, D)
+
+
+def level_sizes(shapes: Sequence[tuple[int, int]], like: torch.Tensor, dtype: torch.dtype | None = None
+                ) -> torch.Tensor:
+    """[(h, w)] -> (L, 2) tensor of (h, w); works with static and symbolic (export-time) sizes."""
+    one = torch.ones((), dtype=dtype or like.dtype, device=like.device)
+    return torch.stack([torch.stack([one * h, one * w]) for h, w in shapes])
+
+
+def ms_deform_attn_gather(value: torch.Tensor, shapes: Sequence[tuple[int, int]], sampling_locations: torch.Tensor,
+                          attention_weights: torch.Tensor) -> torch.Tensor:
+    """The same computation as `ms_deform_attn` from standard ONNX operators only (Floor, Gather, Mul, ...):
+    bilinear sampling written out as four corner gathers, so it exports without GridSample (which recent
+    TensorRT miscompiles for this pattern) and runs in ONNX Runtime, TensorRT and TensorRT-RTX without plugins.
+    Sampling coordinates and accumulation stay in fp32. Shapes as in `ms_deform_attn`; `shapes` may be symbolic."""
+    n, _, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    loc = sampling_locations.float()
+    # (N, Lq, M, L, P) -> (N*M, L, Lq*P)
+    weights = attention_weights.float().permute(0, 2, 3, 1, 4).reshape(n * m, num_levels, lq * num_points)
+    base = torch.arange(n * m, device=value.device)[:, None]  # which (batch, head) block of rows
+    out = torch.zeros(n * m, lq * num_points, d, dtype=torch.float32, device=value.device)
+    start = 0
+    for lvl, (h, w) in enumerate(shapes):
+        hw = h * w
+        # (N, h*w, M, D) -> (N*M*h*w, D): one row per pixel of every (batch, head)
+        v = value[:, start:start + hw].permute(0, 2, 1, 3).reshape(-1, d)
+        start = start + hw
+        # (N, Lq, M, P, 2) -> (N*M, Lq*P, 2); pixel centres at integer coordinates
+        xy = loc[:, :, :, lvl].permute(0, 2, 1, 3, 4).reshape(n * m, lq * num_points, 2)
+        x = xy[..., 0] * w - 0.5
+        y = xy[..., 1] * h - 0.5
+        x0, y0 = x.floor(), y.floor()
+        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            cx, cy = x0 + dx, y0 + dy
+            corner_weight = (1 - (x - cx).abs()) * (1 - (y - cy).abs())
+            inside = ((cx >= 0) & (cx <= w - 1) & (cy >= 0) & (cy <= h - 1)).float()
+            index = base * hw + (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long()  # (N*M, Lq*P)
+            corner = v[index.flatten()].view(n * m, lq * num_points, d).float()
+            out = out + corner * (corner_weight * inside * weights[:, lvl])[..., None]
+    out = out.view(n * m, lq, num_points, d).sum(2)  # (N*M, Lq, D)
+    return out.view(n, m, lq, d).permute(0, 2, 1, 3).to(value.dtype)  # (N, Lq, M, D)
+
+
+# -- implementation switch -----------------------------------------------------------------------------------
+# "reference": grid_sample (eager default); "native": `ms_deform_attn_gather` (portable ONNX export);
+# "plugin": one `vita_deploy::ms_deform_attn_plugin` op, exported as NVIDIA's MultiscaleDeformableAttnPlugin_TRT.
+IMPLEMENTATIONS = ("reference", "native", "plugin")
+_implementation = "reference"
+
+
+@contextmanager
+def deform_attn_implementation(name: str):
+    """Select how MSDeformAttn computes deformable attention inside the `with` block (used by the exporter)."""
+    global _implementation
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"deformable attention implementation must be one of {IMPLEMENTATIONS}, not {name!r}")
+    previous, _implementation = _implementation, name
+    try:
+        yield
+    finally:
+        _implementation = previous
+
+
+@torch.library.custom_op("vita_deploy::ms_deform_attn_plugin", mutates_args=())
+def ms_deform_attn_plugin(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                          sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+    """One op with the exact I/O of NVIDIA's plugin (int32 spatial_shapes/level_start_index); eager: reference."""
+    return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights).clone()
+
+
+@ms_deform_attn_plugin.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    n, _, m, d = value.shape
+    return value.new_empty(n, sampling_locations.shape[1], m, d)
+
+
+def _dispatch(value: torch.Tensor, shapes: Sequence[tuple[int, int]], locations: torch.Tensor,
+              weights: torch.Tensor) -> torch.Tensor:
+    if _implementation == "native":
+        return ms_deform_attn_gather(value, shapes, locations, weights)
+    if _implementation == "plugin":
+        spatial = level_sizes(shapes, value, torch.int32)  # (L, 2)
+        starts = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1].to(torch.int32)])
+        return ms_deform_attn_plugin(value, spatial, starts, locations.to(value.dtype), weights.to(value.dtype))
+    return ms_deform_attn(value.float(), shapes, None, locations, weights).to(value.dtype)
 
 
 class MSDeformAttn(nn.Module):
@@ -83,23 +176,19 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
-    def forward(
-        self,
-        query: torch.Tensor,
-        reference_points: torch.Tensor,
-        input_flatten: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-    ) -> torch.Tensor:
-        """query (N, Lq, C), reference_points (N, Lq, L, 2) in [0, 1], input_flatten (N, S, C) -> (N, Lq, C)."""
+    def forward(self, query: torch.Tensor, reference_points: torch.Tensor, input_flatten: torch.Tensor,
+                shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """query (N, Lq, C), reference_points (N, Lq, L, 2) in [0, 1], input_flatten (N, S, C) whose levels
+        have sizes `shapes` [(h, w)] -> (N, Lq, C)."""
         n, lq, _ = query.shape
         s = input_flatten.shape[1]
         m, lv, p = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(input_flatten).view(n, s, m, self.d_model // m)
         offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2)
-        weights = self.attention_weights(query).view(n, lq, m, lv * p).softmax(-1).view(n, lq, m, lv, p)
+        weights = self.attention_weights(query).view(n, lq, m, lv * p).float().softmax(-1).view(n, lq, m, lv, p)  # fp32
         # Offsets are in pixels of each level: normalise by (w, h).
-        normalizer = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(query.dtype)  # (L, 2)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)  # (N, Lq, M, D)
-        return self.output_proj(out.flatten(2))
+        normalizer = level_sizes(shapes, query).flip(-1)  # (L, 2) as (w, h)
+        # Sampling locations in fp32 (an fp32 island in fp16 graphs: fp16 would quantise them to ~1/8 pixel).
+        offsets = offsets.float() / normalizer.float()[None, None, None, :, None, :]
+        locations = reference_points.float()[:, :, None, :, None, :] + offsets
+        return self.output_proj(_dispatch(value, shapes, locations, weights).flatten(2))

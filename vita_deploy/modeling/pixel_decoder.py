@@ -14,6 +14,7 @@ from vita_deploy.config import PixelDecoderConfig
 from vita_deploy.modeling.backbone import Conv2dNorm
 from vita_deploy.modeling.ms_deform_attn import MSDeformAttn
 from vita_deploy.modeling.position_encoding import sine_position_encoding
+from vita_deploy.modeling.transformer_layers import GroupNorm, LayerNorm
 
 
 def c2_xavier_fill(module: nn.Conv2d) -> None:
@@ -29,14 +30,14 @@ class DeformableEncoderLayer(nn.Module):
     def __init__(self, d_model: int, ffn_dim: int, n_levels: int, n_heads: int, n_points: int) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm1 = LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, d_model)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm2 = LayerNorm(d_model)
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
-                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor) -> torch.Tensor:
-        src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index))
+                shapes: list[tuple[int, int]]) -> torch.Tensor:
+        src = self.norm1(src + self.self_attn(src + pos, reference_points, src, shapes))
         return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
 
 
@@ -67,8 +68,6 @@ class DeformableEncoder(nn.Module):
         """srcs, pos: per level (N, C, h, w) -> encoded tokens (N, S, C), S = sum(h * w)."""
         shapes = [(s.shape[2], s.shape[3]) for s in srcs]
         device = srcs[0].device
-        spatial_shapes = torch.tensor(shapes, dtype=torch.int64, device=device)  # (L, 2)
-        level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # (N, S, C)
         pos_flat = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[i][None, None]
                               for i, p in enumerate(pos)], 1)
@@ -77,7 +76,7 @@ class DeformableEncoder(nn.Module):
         ref = ref[None, :, None, :].expand(src_flat.shape[0], -1, len(shapes), -1)  # (N, S, L, 2)
         out = src_flat
         for layer in self.encoder.layers:
-            out = layer(out, pos_flat, ref, spatial_shapes, level_start_index)
+            out = layer(out, pos_flat, ref, shapes)
         return out
 
 
@@ -95,7 +94,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         c = cfg.conv_dim
         # input_proj[0] is res5, [1] res4, [2] res3 (official order: transformer_in_features reversed).
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_channels[name], c, 1), nn.GroupNorm(cfg.norm_groups, c))
+            nn.Sequential(nn.Conv2d(in_channels[name], c, 1), GroupNorm(cfg.norm_groups, c))
             for name in ("res5", "res4", "res3")
         )
         for proj in self.input_proj:
@@ -106,8 +105,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.mask_features = nn.Conv2d(c, cfg.mask_dim, 1)
         c2_xavier_fill(self.mask_features)
         # One extra FPN level on res2 (stride 8 -> 4); official names adapter_1 / layer_1.
-        self.adapter_1 = Conv2dNorm(in_channels["res2"], c, 1, bias=False, norm=nn.GroupNorm(cfg.norm_groups, c))
-        self.layer_1 = Conv2dNorm(c, c, 3, padding=1, bias=False, norm=nn.GroupNorm(cfg.norm_groups, c), relu=True)
+        self.adapter_1 = Conv2dNorm(in_channels["res2"], c, 1, bias=False, norm=GroupNorm(cfg.norm_groups, c))
+        self.layer_1 = Conv2dNorm(c, c, 3, padding=1, bias=False, norm=GroupNorm(cfg.norm_groups, c), relu=True)
         c2_xavier_fill(self.adapter_1)
         c2_xavier_fill(self.layer_1)
 

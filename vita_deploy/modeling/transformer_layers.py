@@ -49,6 +49,20 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(out.permute(2, 0, 1, 3).reshape(lq, n, c))
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm whose statistics are always computed in fp32 (an fp32 island in fp16 graphs; no-op in fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm with fp32 statistics (an fp32 island in fp16 graphs; no-op in fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
 def _xavier_init(module: nn.Module) -> None:
     for p in module.parameters():
         if p.dim() > 1:
@@ -61,7 +75,7 @@ class SelfAttentionLayer(nn.Module):
     def __init__(self, d_model: int, nhead: int) -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = LayerNorm(d_model)
         _xavier_init(self)
 
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor | None = None,
@@ -76,7 +90,7 @@ class CrossAttentionLayer(nn.Module):
     def __init__(self, d_model: int, nhead: int) -> None:
         super().__init__()
         self.multihead_attn = MultiheadAttention(d_model, nhead)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = LayerNorm(d_model)
         _xavier_init(self)
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None,
@@ -93,7 +107,7 @@ class FFNLayer(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = LayerNorm(d_model)
         _xavier_init(self)
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:

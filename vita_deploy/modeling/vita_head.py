@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vita_deploy.config import VitaConfig
-from vita_deploy.modeling.transformer_layers import (MASK_BIAS, MLP, CrossAttentionLayer, FFNLayer,
+from vita_deploy.modeling.transformer_layers import (MASK_BIAS, MLP, LayerNorm, CrossAttentionLayer, FFNLayer,
                                                      SelfAttentionLayer)
 
 
@@ -69,7 +69,7 @@ class VitaHead(nn.Module):
         self.transformer_self_attention_layers = nn.ModuleList(
             SelfAttentionLayer(c, cfg.num_heads) for _ in range(cfg.dec_layers))
         self.transformer_ffn_layers = nn.ModuleList(FFNLayer(c, cfg.ffn_dim) for _ in range(cfg.dec_layers))
-        self.decoder_norm = nn.LayerNorm(c)
+        self.decoder_norm = LayerNorm(c)
         self.query_feat = nn.Embedding(cfg.num_queries, c)
         self.query_embed = nn.Embedding(cfg.num_queries, c)
         self.fq_pos = nn.Embedding(num_frame_queries, c)

@@ -205,7 +205,8 @@ class Trainer:
             if not main:
                 continue
             if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters:
-                record = {"iter": self.iteration, "time_s": round(time.perf_counter() - start, 2), **stats}
+                record = {"iter": self.iteration, "time_s": round(time.perf_counter() - start, 2),
+                          "world_size": self.world, **stats}
                 self.history.append(record)
                 with open(self.out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")

@@ -1,0 +1,1 @@
+"""TensorRT engine building (trtexec-style), on datacenter TensorRT or TensorRT-RTX."""

@@ -1,0 +1,73 @@
+"""ONNX Runtime as an `Engine`: CPU provider, or CUDA with I/O binding (device tensors in and out, no copies)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vita_deploy.runtime.base import Engine, RuntimeMismatchError, TensorSpec
+
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int32)": torch.int32,
+              "tensor(int64)": torch.int64, "tensor(bool)": torch.bool}
+
+
+class OrtEngine(Engine):
+    """One ONNX graph in an InferenceSession. device "cuda" needs onnxruntime-gpu (CUDAExecutionProvider)."""
+
+    def __init__(self, onnx_path: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
+                 session_options=None) -> None:
+        import onnxruntime as ort
+
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise RuntimeMismatchError(f"{path} does not exist: export it with `python export/to_onnx.py`")
+        self.device = torch.device(device)
+        options = session_options or ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeMismatchError("device cuda needs onnxruntime-gpu (CUDAExecutionProvider); installed "
+                                           f"providers: {ort.get_available_providers()}")
+            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.inputs = tuple(TensorSpec(i.name, _ORT_TYPES[i.type], tuple(i.shape)) for i in self.session.get_inputs())
+        self.outputs = tuple(TensorSpec(o.name, _ORT_TYPES[o.type], tuple(o.shape)) for o in self.session.get_outputs())
+
+    def infer(self, feeds: dict[str, torch.Tensor], stream: torch.cuda.Stream | None = None
+              ) -> dict[str, torch.Tensor]:
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        if missing:
+            raise RuntimeMismatchError(f"missing inputs {missing}; the graph takes {[s.name for s in self.inputs]}")
+        if self.device.type == "cuda":
+            return self._infer_cuda(feeds)
+        arrays = {s.name: feeds[s.name].detach().to("cpu", s.dtype).contiguous().numpy() for s in self.inputs}
+        outs = self.session.run([s.name for s in self.outputs], arrays)
+        return {s.name: torch.from_numpy(np.ascontiguousarray(o)) for s, o in zip(self.outputs, outs)}
+
+    def _infer_cuda(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        binding = self.session.io_binding()
+        keep = []
+        for s in self.inputs:
+            t = feeds[s.name].to(self.device, s.dtype).contiguous()
+            keep.append(t)
+            binding.bind_input(s.name, "cuda", self.device.index or 0, _numpy_dtype(s.dtype), tuple(t.shape),
+                               t.data_ptr())
+        for s in self.outputs:
+            binding.bind_output(s.name, "cuda", self.device.index or 0)
+        torch.cuda.current_stream().synchronize()  # ORT runs on its own stream
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        return {s.name: torch.from_dlpack(o.to_dlpack()) if hasattr(o, "to_dlpack")
+                else torch.from_numpy(o.numpy()).to(self.device) for s, o in zip(self.outputs, outs)}
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _numpy_dtype(dtype: torch.dtype):
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32, torch.int64: np.int64,
+            torch.bool: np.bool_}[dtype]

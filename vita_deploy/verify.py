@@ -1,0 +1,143 @@
+"""Verify an export (ONNX Runtime) or its engines (TensorRT) against the eager PyTorch model.
+
+    python -m vita_deploy.verify --export exports/tiny --backend onnxruntime --videos data/synthetic
+
+Prints a parity table: per-tensor max abs / relative error on seeded inputs, and on labelled videos
+(`<videos>/valid.json` + `valid/JPEGImages`) the matched-instance mask IoU and the AP difference. Exits 1
+when a threshold is exceeded. Thresholds per precision (THRESHOLDS below):
+- fp32: relative tensor error (max |backend - eager| / max |eager|) < 1e-4; matched mask IoU >= 0.99; |dAP| <= 0.1
+- fp16: relative tensor error < 3e-2; matched mask IoU >= 0.95; |dAP| <= 1.0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from vita_deploy.evaluation.ytvis_eval import evaluate_ytvis, video_iou
+from vita_deploy.export.onnx_export import ExportError, load_manifest
+from vita_deploy.inference import VideoPrediction, eager_graphs, run_video
+from vita_deploy.modeling.checkpoint import CheckpointError, file_sha256
+from vita_deploy.runtime.base import RuntimeMismatchError
+
+THRESHOLDS = {"fp32": {"tensor_rel": 1e-4, "mask_iou": 0.99, "delta_ap": 0.1},
+              "fp16": {"tensor_rel": 3e-2, "mask_iou": 0.95, "delta_ap": 1.0}}
+
+
+def tensor_report(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    err = (out - ref).abs()
+    return {"shape": list(out.shape), "finite": bool(torch.isfinite(out).all()), "max_abs": err.max().item(),
+            "mean_abs": err.mean().item(), "p99_abs": torch.quantile(err.flatten()[:1_000_000], 0.99).item(),
+            "rel": err.max().item() / max(ref.abs().max().item(), 1e-12)}
+
+
+def matched_mask_ious(a: VideoPrediction, b: VideoPrediction) -> list[float]:
+    """Hungarian matching of two predictions' instances by video mask IoU (same label only)."""
+    if not a.segmentations or not b.segmentations:
+        return []
+    cost = np.zeros((len(a.scores), len(b.scores)))
+    for i, (la, sa) in enumerate(zip(a.labels, a.segmentations)):
+        for j, (lb, sb) in enumerate(zip(b.labels, b.segmentations)):
+            cost[i, j] = -video_iou(sa, sb) if la == lb else 1.0
+    rows, cols = linear_sum_assignment(cost)
+    return [max(-cost[i, j], 0.0) for i, j in zip(rows, cols)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--export", required=True, help="export folder (manifest.json, ONNX files, engines)")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--checkpoint", help="weights the export was made from (default: the shipped tiny checkpoint)")
+    p.add_argument("--videos", help="YouTube-VIS folder with valid.json + valid/JPEGImages for video parity")
+    p.add_argument("--num-videos", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--report", help="write the parity report as JSON here")
+    a = p.parse_args(argv)
+    from vita_deploy.infer import DEFAULT_CHECKPOINT, load_model
+    from vita_deploy.video_io import read_image
+
+    try:
+        manifest = load_manifest(a.export)
+        checkpoint = a.checkpoint or DEFAULT_CHECKPOINT
+        if manifest["checkpoint_sha256"] and Path(checkpoint).is_file() and \
+                file_sha256(checkpoint) != manifest["checkpoint_sha256"]:
+            raise RuntimeMismatchError(f"{checkpoint} is not the checkpoint {a.export} was exported from (sha256 "
+                                       "differs): pass --checkpoint with the right file, or re-export")
+        model = load_model(checkpoint if Path(checkpoint).is_file() else None, manifest["config"]["name"])
+        model = model.to(a.device)
+        if a.backend == "onnxruntime":
+            from vita_deploy.export.ort import ort_engine
+            from vita_deploy.runtime.base import graphs_from_engines
+            engines = {g: ort_engine(a.export, g, a.device) for g in ("frame_detector", "vita_head")}
+            backend = graphs_from_engines(engines["frame_detector"], engines["vita_head"])
+        else:
+            from vita_deploy.runtime import tensorrt_graphs
+            backend = tensorrt_graphs(a.export, a.device)
+    except (ExportError, CheckpointError, RuntimeMismatchError, ImportError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    limits = THRESHOLDS[manifest["precision"]]
+    eager = eager_graphs(model)
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(0)
+    opt = manifest["graphs"]["frame_detector"]["profiles"]["images"]["opt"]
+    rows, failed = [], False
+    for n in (1, cfg.inference.chunk_size):
+        x = torch.randn(n, 3, opt[2], opt[3], generator=g).to(a.device)
+        for name, out, ref in zip(("frame_queries", "mask_features"), backend[0](x), eager[0](x)):
+            rows.append((f"frame_detector N={n} {name}", tensor_report(out, ref)))
+    max_t = manifest["graphs"]["vita_head"]["profiles"]["frame_queries"]["max"][0]
+    for t in sorted({1, min(7, max_t), min(36, max_t)}):
+        fq = torch.randn(t, cfg.frame_decoder.num_queries, cfg.vita.hidden_dim, generator=g).to(a.device)
+        for name, out, ref in zip(("class_logits", "mask_embed"), backend[1](fq), eager[1](fq)):
+            rows.append((f"vita_head T={t} {name}", tensor_report(out, ref)))
+    print(f"{'tensor':42s} {'max abs':>10s} {'p99 abs':>10s} {'rel':>10s}  ok")
+    for name, r in rows:
+        ok = r["finite"] and r["rel"] < limits["tensor_rel"]
+        failed |= not ok
+        print(f"{name:42s} {r['max_abs']:10.2e} {r['p99_abs']:10.2e} {r['rel']:10.2e}  {'yes' if ok else 'NO'}")
+    report = {"backend": a.backend, "precision": manifest["precision"], "thresholds": limits,
+              "tensors": dict(rows)}
+    if a.videos:
+        root = Path(a.videos)
+        gt = json.loads((root / "valid.json").read_text())
+        videos = gt["videos"][: a.num_videos]
+        ids = {v["id"] for v in videos}
+        gt = {**gt, "videos": videos, "annotations": [x for x in gt.get("annotations") or [] if x["video_id"] in ids]}
+        cat_ids = sorted(c["id"] for c in gt["categories"])
+        results = {"eager": [], "backend": []}
+        ious = []
+        for v in videos:
+            files = [root / "valid" / "JPEGImages" / f for f in v["file_names"]]
+            frames = [read_image(f) for f in files]
+            pe = run_video(frames, *eager, cfg, device=a.device)
+            pb = run_video(frames, *backend, cfg, device=a.device)
+            results["eager"] += pe.to_ytvis(v["id"], cat_ids)
+            results["backend"] += pb.to_ytvis(v["id"], cat_ids)
+            ious += matched_mask_ious(pe, pb)
+        ap = {k: evaluate_ytvis(gt, r)["AP"] for k, r in results.items()} if gt["annotations"] else None
+        video = {"videos": len(videos), "instances": len(ious), "min_matched_iou": min(ious) if ious else None,
+                 "mean_matched_iou": float(np.mean(ious)) if ious else None}
+        if ap:
+            video.update(ap_eager=ap["eager"], ap_backend=ap["backend"], delta_ap=ap["backend"] - ap["eager"])
+        ok = (not ious or min(ious) >= limits["mask_iou"]) and (not ap or abs(video["delta_ap"]) <= limits["delta_ap"])
+        failed |= not ok
+        print(f"videos: {len(videos)}, matched instances {len(ious)}, min mask IoU {video['min_matched_iou']:.4f}, "
+              f"mean {video['mean_matched_iou']:.4f}" + (f", AP eager {ap['eager']:.2f} vs backend "
+                                                          f"{ap['backend']:.2f} (dAP {video['delta_ap']:+.3f})"
+                                                          if ap else "") + f"  {'yes' if ok else 'NO'}")
+        report["video"] = video
+    if a.report:
+        Path(a.report).write_text(json.dumps(report, indent=2))
+    print("PASS" if not failed else "FAIL: a parity threshold was exceeded (see the table)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,28 @@
-"""Export the frame detector and the VITA head to ONNX (torch.onnx, dynamo exporter).
+"""Export the frame detector and the VITA head to ONNX (torch.onnx, dynamo exporter) with a manifest.
 
-Why the dynamo exporter (torch.export): the VITA head pads T to a multiple of the window and builds its masks
-from T inside the graph, and the pixel decoder derives its level sizes from H and W. torch.export keeps those
-sizes symbolic, so one graph serves every T in 1..max_frames and every H, W (multiples of 32) exactly as the
-eager model does; the TorchScript tracer would freeze them to the example's values.
+Why the dynamo exporter (`torch.onnx.export(dynamo=True)`, i.e. torch.export with `Dim`s): the VITA head pads T to
+a multiple of the window and builds its shifted-window masks from T inside the graph, and the pixel decoder
+derives its level sizes, reference points and split sizes from H and W. torch.export keeps those sizes symbolic
+and checks every guard against the declared ranges, so one graph serves every T in 1..max_frames and every
+H, W (multiples of 32) exactly as the eager model does. The TorchScript tracer (still in torch 2.13 as
+`dynamo=False`, deprecated) records Python ints at the example's values, so padding, window counts and level
+sizes would be frozen silently. Custom ops translate through onnxscript (`custom_translation_table`), which is
+how the plugin node is emitted.
 
 Deformable attention is exported as NVIDIA's plugin node ("plugin") or as standard operators with Gather-based
-bilinear sampling ("native"). fp16 graphs run the model in half precision with fp32 islands written into the
-model code itself (softmax and attention biases, LayerNorm/GroupNorm statistics, deformable-attention sampling
-coordinates and accumulation), so the islands appear as Casts and strongly typed builders build the graph as
-is; graph inputs and outputs stay float32.
+bilinear sampling ("native"); see `vita_deploy.modeling.ms_deform_attn.deform_attn_implementation`.
+fp16 graphs run the model in half precision with fp32 islands written into the model code itself (softmax and
+attention biases, LayerNorm/GroupNorm statistics, deformable-attention sampling coordinates, attention weights
+and accumulation), so the islands are Casts in the ONNX and strongly typed builders (TensorRT 11, TensorRT-RTX)
+build the graph as is. Graph inputs and outputs stay float32 in both precisions (one Cast at each end), so the
+runtime feeds and reads the same tensors whatever the precision; the manifest records every dtype.
 """
 from __future__ import annotations
 
+import copy
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +33,22 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from vita_deploy.export.plugin import PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION, annotate_plugin_outputs, \
+    plugin_translation
 from vita_deploy.modeling.checkpoint import atomic_write, file_sha256
 from vita_deploy.modeling.model import VitaModel
 from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
 from vita_deploy.preprocess import padded_size
-from vita_deploy.export.plugin import PLUGIN_OP, annotate_plugin_outputs, plugin_translation
 
 EXPORT_FORMAT_VERSION = 1
+EXPORTER_VERSION = "vita-deploy-export 1.0"
+OPSET = 18
 DETECTOR_FILE, VITA_FILE, MANIFEST_FILE = "frame_detector.onnx", "vita_head.onnx", "manifest.json"
+GRAPHS = ("frame_detector", "vita_head")
+# Symbolic dims of the graph inputs/outputs, renamed from torch.export's names (s25, 8*s48, ...).
+DETECTOR_DIMS = {"images": ["batch", None, "height", "width"], "frame_queries": ["batch", None, None],
+                 "mask_features": ["batch", None, "height/4", "width/4"]}
+VITA_DIMS = {"frame_queries": ["num_frames", None, None]}
 
 
 class ExportError(ValueError):
@@ -45,6 +62,7 @@ class ExportOptions:
     max_frames: int = 360  # T range of the VITA head: 1..max_frames
     height: int | None = None  # fixed padded input size (multiples of 32), or None for dynamic
     width: int | None = None
+    max_batch: int | None = None  # frames per detector call, 1..max_batch (default: the config's chunk size)
 
     def __post_init__(self) -> None:
         if self.deform_attn not in ("plugin", "native"):
@@ -54,19 +72,21 @@ class ExportOptions:
         if (self.height is None) != (self.width is None):
             raise ExportError("give both --height and --width (fixed size) or neither (dynamic size)")
         for name, v in (("height", self.height), ("width", self.width)):
-            if v is not None and (v <= 0 or v % 32):
-                raise ExportError(f"--{name} {v} must be a positive multiple of 32 (the padded input size)")
+            if v is not None and (v < 64 or v % 32):
+                raise ExportError(f"--{name} {v} must be a multiple of 32 and at least 64 (the padded input size)")
         if self.max_frames < 1:
-            raise ExportError("--max-frames must be >= 1")
+            raise ExportError(f"--max-frames must be >= 1, not {self.max_frames}")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ExportError(f"max_batch must be >= 1, not {self.max_batch}")
 
 
 class _Precision(nn.Module):
-    """Runs `module` in fp16 between float32 graph inputs and outputs (identity wrapper for fp32)."""
+    """Runs a copy of `module` in fp16 between float32 graph inputs and outputs (plain wrapper for fp32)."""
 
     def __init__(self, module: nn.Module, precision: str) -> None:
         super().__init__()
-        self.module = module.half() if precision == "fp16" else module
         self.half = precision == "fp16"
+        self.module = copy.deepcopy(module).half() if self.half else module
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = self.module(x.half() if self.half else x)
@@ -76,14 +96,14 @@ class _Precision(nn.Module):
 def input_profiles(model: VitaModel, options: ExportOptions) -> dict[str, dict[str, list[int]]]:
     """min/opt/max shapes of every graph input: what the manifest declares and the engine builder uses."""
     cfg = model.cfg
-    chunk, q, c = cfg.inference.chunk_size, cfg.frame_decoder.num_queries, cfg.frame_decoder.hidden_dim
-    # A typical 16:9 video after the shortest-edge resize, padded to 32: the optimisation point.
-    opt_h, opt_w = padded_size(cfg.input.min_size_test, round(cfg.input.min_size_test * 16 / 9))
+    chunk = options.max_batch or cfg.inference.chunk_size
+    q, c = cfg.frame_decoder.num_queries, cfg.frame_decoder.hidden_dim
     if options.height is not None:
         hw_min = hw_opt = hw_max = [options.height, options.width]
-    else:
+    else:  # optimise for a 16:9 video after the shortest-edge resize; allow both orientations up to the long side
+        hw_opt = list(padded_size(cfg.input.min_size_test, round(cfg.input.min_size_test * 16 / 9)))
         long_side = padded_size(cfg.input.max_size_test, cfg.input.max_size_test)[0]
-        hw_min, hw_opt, hw_max = [64, 64], [opt_h, opt_w], [long_side, long_side]
+        hw_min, hw_max = [64, 64], [long_side, long_side]
     return {
         "images": {"min": [1, 3, *hw_min], "opt": [chunk, 3, *hw_opt], "max": [chunk, 3, *hw_max]},
         "frame_queries": {"min": [1, q, c], "opt": [min(36, options.max_frames), q, c],
@@ -91,17 +111,35 @@ def input_profiles(model: VitaModel, options: ExportOptions) -> dict[str, dict[s
     }
 
 
-def _export(module: nn.Module, example: torch.Tensor, dynamic: dict, input_name: str, output_names: list[str],
-            path: Path, options: ExportOptions) -> onnx.ModelProto:
+def _rename_dims(model: onnx.ModelProto, names: dict[str, list[str | None]]) -> None:
+    """Give the I/O dims readable names and apply the same renaming to every value_info of the graph."""
+    mapping: dict[str, str] = {}
+    for v in list(model.graph.input) + list(model.graph.output):
+        for dim, new in zip(v.type.tensor_type.shape.dim, names.get(v.name, [])):
+            if new and dim.dim_param:
+                mapping.setdefault(dim.dim_param, new)
+    for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for dim in v.type.tensor_type.shape.dim:
+            if dim.dim_param in mapping:
+                dim.dim_param = mapping[dim.dim_param]
+
+
+def export_graph(module: nn.Module, example: torch.Tensor, dynamic: dict | None, input_name: str,
+                 output_names: list[str], dim_names: dict, path: Path, options: ExportOptions) -> onnx.ModelProto:
+    """One graph -> checked ONNX file (written atomically); returns the model."""
+    # Quiet per-node notes ("Skipping constant folding ...") and "torchvision is not installed" registry warnings.
+    for name in ("onnxscript", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     with deform_attn_implementation(options.deform_attn), torch.no_grad():
         program = torch.onnx.export(
             _Precision(module, options.precision).eval(), (example,), dynamo=True, input_names=[input_name],
-            output_names=output_names, dynamic_shapes={"x": dynamic} if dynamic else None, verbose=False,
+            output_names=output_names, dynamic_shapes={"x": dynamic} if dynamic else None, opset_version=OPSET,
             custom_translation_table={torch.ops.vita_deploy.ms_deform_attn_plugin.default: plugin_translation},
-            optimize=True)
+            optimize=True, verbose=False)
     model = program.model_proto
     if options.deform_attn == "plugin":
         model = annotate_plugin_outputs(model)
+    _rename_dims(model, dim_names)
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -118,61 +156,101 @@ def _io(model: onnx.ModelProto) -> dict[str, list[dict]]:
     return {"inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}
 
 
+def _dims(profiles: dict, model: onnx.ModelProto) -> dict[str, dict]:
+    """{symbolic dim: {min, opt, max}} read off the input profiles (output dims follow from them)."""
+    dims: dict[str, dict] = {}
+    for v in model.graph.input:
+        for i, d in enumerate(v.type.tensor_type.shape.dim):
+            if d.dim_param:
+                dims[d.dim_param] = {k: profiles[v.name][k][i] for k in ("min", "opt", "max")}
+                if d.dim_param in ("height", "width"):
+                    dims[d.dim_param]["multiple_of"] = 32
+    return dims
+
+
+def _custom_ops(model: onnx.ModelProto) -> list[dict]:
+    count = sum(n.op_type == PLUGIN_OP for n in model.graph.node)
+    return [{"op_type": PLUGIN_OP, "domain": PLUGIN_DOMAIN, "plugin_version": PLUGIN_VERSION, "count": count}] \
+        if count else []
+
+
 def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, checkpoint: str | Path | None = None,
-                 log: Callable[[str], None] = print) -> dict:
-    """Write frame_detector.onnx, vita_head.onnx and manifest.json into `out_dir`; returns the manifest."""
+                 log: Callable[[str], None] = print, graphs: tuple[str, ...] = GRAPHS) -> dict:
+    """Write frame_detector.onnx, vita_head.onnx and manifest.json into `out_dir`; returns the manifest.
+
+    graphs: export only some of the two graphs (tests); the manifest then lists only those.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the output folder {out_dir}: {e.strerror}; choose another --out-dir") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ExportError(f"the output folder {out_dir} is not writable; choose another --out-dir")
+    unknown = set(graphs) - set(GRAPHS)
+    if unknown:
+        raise ExportError(f"unknown graphs {sorted(unknown)}; choose from {GRAPHS}")
     model = model.eval().float()
     cfg = model.cfg
     profiles = input_profiles(model, options)
-    q, c = cfg.frame_decoder.num_queries, cfg.frame_decoder.hidden_dim
-
-    # Frame detector: images (N, 3, H, W) -> frame_queries (N, fQ, C), mask_features (N, C, H/4, W/4).
-    h, w = (options.height, options.width) if options.height else (64, 96)
-    example = torch.randn(2, 3, h, w)
-    dynamic = {0: Dim("N", min=1, max=cfg.inference.chunk_size)}
-    if options.height is None:
+    entries = {}
+    if "frame_detector" in graphs:
+        # images (N, 3, H, W) -> frame_queries (N, fQ, C), mask_features (N, C, H/4, W/4)
         p = profiles["images"]
-        dynamic[2] = 32 * Dim("H_32", min=p["min"][2] // 32, max=p["max"][2] // 32)
-        dynamic[3] = 32 * Dim("W_32", min=p["min"][3] // 32, max=p["max"][3] // 32)
-    start = time.perf_counter()
-    log(f"exporting {DETECTOR_FILE} ({cfg.name}, {options.deform_attn}, {options.precision}) ...")
-    detector = _export(model.frame_detector, example, dynamic, "images", ["frame_queries", "mask_features"],
-                       out_dir / DETECTOR_FILE, options)
-    detector_s = time.perf_counter() - start
-
-    # VITA head: frame_queries (T, fQ, C) -> class_logits (cQ, K+1), mask_embed (cQ, C).
-    start = time.perf_counter()
-    log(f"exporting {VITA_FILE} (T in 1..{options.max_frames}) ...")
-    example = torch.randn(min(7, options.max_frames), q, c)
-    dynamic = {0: Dim("T", min=1, max=options.max_frames)} if options.max_frames > 1 else None
-    vita = _export(model.vita_head, example, dynamic, "frame_queries", ["class_logits", "mask_embed"],
-                   out_dir / VITA_FILE, options)
-    vita_s = time.perf_counter() - start
+        example = torch.randn(min(2, p["max"][0]), 3, *((options.height, options.width) if options.height else (64, 96)))
+        dynamic = {0: Dim("batch", min=1, max=p["max"][0])} if p["max"][0] > 1 else {}
+        if options.height is None:
+            dynamic[2] = 32 * Dim("h32", min=p["min"][2] // 32, max=p["max"][2] // 32)
+            dynamic[3] = 32 * Dim("w32", min=p["min"][3] // 32, max=p["max"][3] // 32)
+        log(f"[1/3] exporting {DETECTOR_FILE} ({cfg.name}, deform-attn {options.deform_attn}, {options.precision}, "
+            f"images min {p['min']} max {p['max']}) ...")
+        start = time.perf_counter()
+        onnx_model = export_graph(model.frame_detector, example, dynamic or None, "images",
+                                  ["frame_queries", "mask_features"], DETECTOR_DIMS, out_dir / DETECTOR_FILE, options)
+        seconds = time.perf_counter() - start
+        entries["frame_detector"] = _entry(onnx_model, out_dir / DETECTOR_FILE, {"images": p}, seconds)
+        log(f"      wrote {out_dir / DETECTOR_FILE} ({entries['frame_detector']['size_bytes'] / 2**20:.1f} MiB, "
+            f"{seconds:.1f} s)")
+    if "vita_head" in graphs:
+        # frame_queries (T, fQ, C) -> class_logits (cQ, K+1), mask_embed (cQ, C)
+        p = profiles["frame_queries"]
+        example = torch.randn(min(7, options.max_frames), *p["min"][1:])
+        dynamic = {0: Dim("num_frames", min=1, max=options.max_frames)} if options.max_frames > 1 else None
+        log(f"[2/3] exporting {VITA_FILE} (T in 1..{options.max_frames}) ...")
+        start = time.perf_counter()
+        onnx_model = export_graph(model.vita_head, example, dynamic, "frame_queries", ["class_logits", "mask_embed"],
+                                  VITA_DIMS, out_dir / VITA_FILE, options)
+        seconds = time.perf_counter() - start
+        entries["vita_head"] = _entry(onnx_model, out_dir / VITA_FILE, {"frame_queries": p}, seconds)
+        log(f"      wrote {out_dir / VITA_FILE} ({entries['vita_head']['size_bytes'] / 2**20:.1f} MiB, {seconds:.1f} s)")
 
     import onnxscript
     manifest = {
         "format": "vita-deploy-export",
         "format_version": EXPORT_FORMAT_VERSION,
-        "exporter": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
-                     "opset": next(o.version for o in detector.opset_import if o.domain in ("", "ai.onnx"))},
+        "exporter": {"version": EXPORTER_VERSION, "method": "torch.onnx.export(dynamo=True)",
+                     "torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
+                     "opset": OPSET},
+        "opset": OPSET,
         "deform_attn": options.deform_attn,
         "precision": options.precision,
+        "io_dtype": "float32",  # graph inputs/outputs are float32 in both precisions
         "plugins": [PLUGIN_OP] if options.deform_attn == "plugin" else [],
+        "custom_opsets": {PLUGIN_DOMAIN: 1} if options.deform_attn == "plugin" else {},
         "config": cfg.to_dict(),
+        "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
-        "graphs": {
-            "frame_detector": {"file": DETECTOR_FILE, "sha256": file_sha256(out_dir / DETECTOR_FILE), **_io(detector),
-                               "profiles": {"images": profiles["images"]}, "export_s": round(detector_s, 2)},
-            "vita_head": {"file": VITA_FILE, "sha256": file_sha256(out_dir / VITA_FILE), **_io(vita),
-                          "profiles": {"frame_queries": profiles["frame_queries"]}, "export_s": round(vita_s, 2)},
-        },
+        "graphs": entries,
     }
     atomic_write(out_dir / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
-    log(f"wrote {out_dir / DETECTOR_FILE} ({detector_s:.1f} s), {out_dir / VITA_FILE} ({vita_s:.1f} s), "
-        f"{out_dir / MANIFEST_FILE}")
+    log(f"[3/3] wrote {out_dir / MANIFEST_FILE}")
     return manifest
+
+
+def _entry(model: onnx.ModelProto, path: Path, profiles: dict, seconds: float) -> dict:
+    return {"file": path.name, "sha256": file_sha256(path), "size_bytes": path.stat().st_size, **_io(model),
+            "dims": _dims(profiles, model), "profiles": profiles, "custom_ops": _custom_ops(model),
+            "export_s": round(seconds, 2)}
 
 
 def load_manifest(export_dir: str | Path) -> dict:

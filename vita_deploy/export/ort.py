@@ -1,30 +1,48 @@
-"""Run an export in ONNX Runtime: the two graphs as `run_video` callables (plugin nodes via a CPU kernel)."""
+"""Run an export in ONNX Runtime: the two graphs as `run_video` callables.
+
+Plugin-mode graphs run unchanged: a copy of the model gets a local ONNX function with the plugin's name and a
+standard-op body (`plugin.with_plugin_function`), which ONNX Runtime inlines. No custom-op library is needed.
+"""
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
+import onnx
 import torch
 
 from vita_deploy.export.onnx_export import load_manifest
+from vita_deploy.export.plugin import PLUGIN_OP, with_plugin_function
 from vita_deploy.inference import DetectorFn, VitaFn
 from vita_deploy.runtime.base import graphs_from_engines
 from vita_deploy.runtime.ort_engine import OrtEngine
 
+GRAPHS = ("frame_detector", "vita_head")
+
 
 def ort_engine(export_dir: str | Path, graph: str, device: torch.device | str = "cpu",
                threads: int | None = None) -> OrtEngine:
-    """OrtEngine for graph "frame_detector" or "vita_head" of an export (plugin nodes run on the CPU)."""
+    """OrtEngine for graph "frame_detector" or "vita_head" of an export (plugin nodes run as a local function)."""
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
     manifest = load_manifest(export_dir)
     path = Path(export_dir) / manifest["graphs"][graph]["file"]
-    if manifest["plugins"]:
-        from vita_deploy.export.plugin import ort_session_options_with_plugin
-        options, path = ort_session_options_with_plugin(str(path))
-        return OrtEngine(path, device, threads, session_options=options)
-    return OrtEngine(path, device, threads)
+    if manifest["deform_attn"] != "plugin":
+        return OrtEngine(path, device, threads)
+    model = onnx.load(str(path))
+    if not any(n.op_type == PLUGIN_OP for n in model.graph.node):
+        return OrtEngine(path, device, threads)
+    tmp = Path(tempfile.mkdtemp(prefix="vita_ort_plugin_"))
+    try:  # ORT reads the file while creating the session; the copy is not needed afterwards
+        onnx.save(with_plugin_function(model), str(tmp / path.name))
+        return OrtEngine(tmp / path.name, device, threads)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ort_graphs(export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None
                ) -> tuple[DetectorFn, VitaFn]:
-    """(DetectorFn, VitaFn) running the export's two ONNX graphs in ONNX Runtime."""
+    """(DetectorFn, VitaFn) running the export's two ONNX graphs in ONNX Runtime; outputs are float32 tensors."""
     return graphs_from_engines(ort_engine(export_dir, "frame_detector", device, threads),
                                ort_engine(export_dir, "vita_head", device, threads))

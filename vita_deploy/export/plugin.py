@@ -1,25 +1,33 @@
-"""NVIDIA's `MultiscaleDeformableAttnPlugin_TRT` as an ONNX op: schema, export translation, ORT CPU kernel.
+"""NVIDIA's `MultiscaleDeformableAttnPlugin_TRT` as an ONNX op: schema, export translation, and a standard-op
+body so that ONNX Runtime can run plugin-mode graphs for parity checks.
 
-- The schema (custom domain "trt", version 1) lets onnx's checker and shape inference type the node and lets
-  onnxscript emit it; it is registered in-process by this module.
-- `plugin_translation` maps our `vita_deploy::ms_deform_attn_plugin` torch op onto one plugin node with
-  `plugin_version="2"` (the IPluginV3 version, TensorRT >= 10.11).
-- `ort_session_options_with_plugin` registers a CPU implementation for ONNX Runtime (onnxruntime-extensions
-  Python op running our reference `ms_deform_attn`), so plugin-mode graphs are checked in ORT too.
+- Emitted nodes: op_type `MultiscaleDeformableAttnPlugin_TRT`, domain "trt" (opset version 1 declared in the
+  model), attribute `plugin_version="2"` (the IPluginV3 creator, TensorRT >= 10.11), inputs exactly as NVIDIA's
+  plugin: value (N, S, M, D), spatial_shapes (L, 2) int32, level_start_index (L,) int32, sampling_locations
+  (N, Lq, M, L, P, 2) and attention_weights (N, Lq, M, L, P) in value's dtype; output (N, Lq, M, D).
+  TensorRT's ONNX parser matches the node by op_type and imports it through NVIDIA's plugin library.
+- `annotate_plugin_outputs` writes each plugin output's type and shape into value_info, so onnx.checker's full
+  check (with shape inference) passes in any process, without our schema registered.
+- `with_plugin_function` returns a copy of a model that also carries a model-local ONNX function with the
+  plugin's name and domain, built from standard operators (Gather-based bilinear sampling, fp32 coordinates
+  and accumulation). ONNX Runtime inlines it, so the plugin graph runs unchanged in ORT for the check. It is
+  not part of the exported file: a TensorRT parser that finds a local function may import it instead of the
+  plugin.
 """
 from __future__ import annotations
 
 import onnx
 import onnxscript
+from onnx import TensorProto, helper
 from onnx.defs import OpSchema
 
 PLUGIN_OP = "MultiscaleDeformableAttnPlugin_TRT"
 PLUGIN_DOMAIN = "trt"
 PLUGIN_VERSION = "2"
-ORT_CONTRIB_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' domain for Python ops
 
 
 def register_plugin_schema() -> None:
+    """Register the op's schema in this process (typed checks while exporting); idempotent."""
     if onnx.defs.has(PLUGIN_OP, PLUGIN_DOMAIN):
         return
     P = OpSchema.FormalParameter
@@ -42,16 +50,14 @@ _trt = onnxscript.values.Opset(PLUGIN_DOMAIN, 1)
 
 
 def plugin_translation(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """torch.onnx custom translation of vita_deploy::ms_deform_attn_plugin."""
+    """torch.onnx custom translation of `vita_deploy::ms_deform_attn_plugin` -> one plugin node."""
     return _trt.MultiscaleDeformableAttnPlugin_TRT(value, spatial_shapes, level_start_index, sampling_locations,
                                                    attention_weights, plugin_version=PLUGIN_VERSION)
 
 
 def annotate_plugin_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every plugin node's output its type and shape, (N, Lq, M, D) from value (N, S, M, D) and
-    sampling_locations (N, Lq, ...), and drop the exporter's untyped value_info entries, so that
-    onnx.checker's full check and shape inference pass without our schema registered."""
-    infos = {v.name: v for v in list(model.graph.value_info) + list(model.graph.input)}
+    """Type every plugin output as (N, Lq, M, D) from value (N, S, M, D) and sampling_locations (N, Lq, ...),
+    drop untyped value_info entries, and declare the "trt" opset. Modifies and returns `model`."""
     keep = [v for v in model.graph.value_info if v.type.HasField("tensor_type")]
     del model.graph.value_info[:]
     model.graph.value_info.extend(keep)
@@ -61,58 +67,84 @@ def annotate_plugin_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         value, locations = infos.get(node.input[0]), infos.get(node.input[3])
         if value is None or locations is None:
-            continue
+            raise ValueError(f"plugin node {node.name}: the exporter left its inputs untyped; cannot type its output")
         vdims, ldims = value.type.tensor_type.shape.dim, locations.type.tensor_type.shape.dim
-        out = onnx.helper.make_tensor_value_info(node.output[0], value.type.tensor_type.elem_type, None)
+        out = helper.make_tensor_value_info(node.output[0], value.type.tensor_type.elem_type, None)
         for dim in (vdims[0], ldims[1], vdims[2], vdims[3]):
-            new = out.type.tensor_type.shape.dim.add()
-            new.CopyFrom(dim)
-        existing = [v for v in model.graph.value_info if v.name == node.output[0]]
-        for v in existing:
+            out.type.tensor_type.shape.dim.add().CopyFrom(dim)
+        for v in [v for v in model.graph.value_info if v.name == node.output[0]]:
             model.graph.value_info.remove(v)
         model.graph.value_info.append(out)
+    if not any(o.domain == PLUGIN_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, 1))
     return model
 
 
-def ort_session_options_with_plugin(model_path: str):
-    """(SessionOptions, path of a copy of the model whose plugin nodes ORT can run on the CPU).
+def plugin_function(opset: int = 18) -> onnx.FunctionProto:
+    """The plugin's computation from standard ONNX ops, vectorised over levels (any L, all sizes dynamic).
 
-    Needs onnxruntime-extensions: the plugin nodes are moved to its Python-op domain and computed with the
-    reference `ms_deform_attn` in float32.
+    Per corner (x0 + dx, y0 + dy) of the bilinear cell around loc * size - 0.5: one Gather from value laid out as
+    (N*M*S, D) at row (n*M + m)*S + level_start + y*w + x, weighted by the bilinear weight, a zero for corners
+    outside the level, and the attention weight; summed over levels, points and corners.
     """
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-    from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+    nodes: list[onnx.NodeProto] = []
 
-    from vita_deploy.modeling.ms_deform_attn import ms_deform_attn
+    def op(op_type: str, *inputs: str, **attrs) -> str:
+        out = f"t{len(nodes)}"
+        nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
 
-    if not getattr(ort_session_options_with_plugin, "_registered", False):
-        for dtype in (PyCustomOpDef.dt_float, PyCustomOpDef.dt_float16):
-            @onnx_op(op_type=PLUGIN_OP if dtype == PyCustomOpDef.dt_float else PLUGIN_OP + "_fp16",
-                     inputs=[dtype, PyCustomOpDef.dt_int32, PyCustomOpDef.dt_int32, dtype, dtype],
-                     outputs=[dtype], attrs={"plugin_version": PyCustomOpDef.dt_string})
-            def _kernel(value, spatial_shapes, level_start_index, locations, weights, **_):
-                out = ms_deform_attn(torch.from_numpy(np.asarray(value, np.float32)), torch.from_numpy(spatial_shapes),
-                                     torch.from_numpy(level_start_index),
-                                     torch.from_numpy(np.asarray(locations, np.float32)),
-                                     torch.from_numpy(np.asarray(weights, np.float32)))
-                return out.numpy().astype(value.dtype)
-        ort_session_options_with_plugin._registered = True
+    def const(value, dtype=TensorProto.INT64) -> str:
+        values = value if isinstance(value, list) else [value]
+        dims = [len(values)] if isinstance(value, list) else []
+        return op("Constant", value=helper.make_tensor("c", dtype, dims, values))
 
-    model = onnx.load(model_path)
-    for node in model.graph.node:
-        if node.op_type == PLUGIN_OP:
-            node.domain = ORT_CONTRIB_DOMAIN
-            value_type = next((v.type.tensor_type.elem_type for v in list(model.graph.value_info)
-                               + list(model.graph.input) if v.name == node.input[0]), onnx.TensorProto.FLOAT)
-            if value_type == onnx.TensorProto.FLOAT16:
-                node.op_type = PLUGIN_OP + "_fp16"
-    opsets = [o for o in model.opset_import if o.domain not in (PLUGIN_DOMAIN, ORT_CONTRIB_DOMAIN)]
-    del model.opset_import[:]
-    model.opset_import.extend(opsets + [onnx.helper.make_opsetid(ORT_CONTRIB_DOMAIN, 1)])
-    path = model_path + ".ort_plugin.onnx"
-    onnx.save(model, path)
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(get_library_path())
-    return options, path
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    loc = op("Cast", "sampling_locations", to=f32)  # (N, Lq, M, L, P, 2)
+    attn = op("Cast", "attention_weights", to=f32)  # (N, Lq, M, L, P)
+    shapes = op("Cast", "spatial_shapes", to=i64)  # (L, 2)
+    h = op("Unsqueeze", op("Gather", shapes, const(0), axis=1), const([1]))  # (L, 1): broadcasts over P
+    w = op("Unsqueeze", op("Gather", shapes, const(1), axis=1), const([1]))
+    start = op("Unsqueeze", op("Cast", "level_start_index", to=i64), const([1]))  # (L, 1)
+    hf, wf = op("Cast", h, to=f32), op("Cast", w, to=f32)
+    half = const(0.5, f32)
+    x = op("Sub", op("Mul", op("Gather", loc, const(0), axis=5), wf), half)  # (N, Lq, M, L, P), pixel units
+    y = op("Sub", op("Mul", op("Gather", loc, const(1), axis=5), hf), half)
+    x0, y0 = op("Floor", x), op("Floor", y)
+    # value (N, S, M, D) -> (N, M, S, D) -> (N*M*S, D); row base (n*M + m)*S as (N, 1, M, 1, 1)
+    vshape = op("Shape", "value")
+    n, s, m = (op("Gather", vshape, const(i)) for i in range(3))
+    rows = op("Reshape", op("Transpose", "value", perm=[0, 2, 1, 3]), const([-1, 0]), allowzero=0)
+    rows = op("Reshape", rows, op("Concat", const([-1]), op("Gather", vshape, const([3])), axis=0))
+    base = op("Mul", op("Range", const(0), op("Mul", n, m), const(1)), s)  # (N*M,)
+    base = op("Reshape", base, op("Concat", op("Unsqueeze", n, const([0])), const([1]),
+                                  op("Unsqueeze", m, const([0])), const([1, 1]), axis=0))
+    one, zero = const(1.0, f32), const(0.0, f32)
+    total = None
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        cx = op("Add", x0, const(float(dx), f32)) if dx else x0
+        cy = op("Add", y0, const(float(dy), f32)) if dy else y0
+        weight = op("Mul", op("Sub", one, op("Abs", op("Sub", x, cx))), op("Sub", one, op("Abs", op("Sub", y, cy))))
+        inside = op("And", op("And", op("GreaterOrEqual", cx, zero), op("LessOrEqual", cx, op("Sub", wf, one))),
+                    op("And", op("GreaterOrEqual", cy, zero), op("LessOrEqual", cy, op("Sub", hf, one))))
+        weight = op("Mul", op("Mul", weight, op("Cast", inside, to=f32)), attn)
+        xi = op("Cast", op("Max", op("Min", cx, op("Sub", wf, one)), zero), to=i64)
+        yi = op("Cast", op("Max", op("Min", cy, op("Sub", hf, one)), zero), to=i64)
+        index = op("Add", op("Add", base, start), op("Add", op("Mul", yi, w), xi))  # (N, Lq, M, L, P)
+        sampled = op("Cast", op("Gather", rows, index, axis=0), to=f32)  # (N, Lq, M, L, P, D)
+        term = op("ReduceSum", op("Mul", sampled, op("Unsqueeze", weight, const([-1]))), const([3, 4]), keepdims=0)
+        total = term if total is None else op("Add", total, term)
+    nodes.append(helper.make_node("CastLike", [total, "value"], ["output"]))  # (N, Lq, M, D)
+    return helper.make_function(
+        PLUGIN_DOMAIN, PLUGIN_OP,
+        ["value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"], ["output"],
+        nodes, [helper.make_opsetid("", opset)], attributes=["plugin_version", "plugin_namespace"])
+
+
+def with_plugin_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose plugin nodes ONNX Runtime can execute (adds `plugin_function` as a local function)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
+    out.functions.append(plugin_function(opset))
+    return out

@@ -111,7 +111,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         c2_xavier_fill(self.layer_1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        levels = [features[name].float() for name in ("res5", "res4", "res3")]
+        levels = [features[name] for name in ("res5", "res4", "res3")]
         srcs = [proj(x) for proj, x in zip(self.input_proj, levels)]
         pos = [sine_position_encoding(x, self.conv_dim // 2) for x in srcs]
         memory = self.transformer(srcs, pos)  # (N, S, C)
@@ -119,7 +119,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         outs = []
         for tokens, src in zip(memory.split([s.shape[2] * s.shape[3] for s in srcs], dim=1), srcs):
             outs.append(tokens.transpose(1, 2).reshape(n, -1, src.shape[2], src.shape[3]))
-        lateral = self.adapter_1(features["res2"].float())
+        lateral = self.adapter_1(features["res2"])
         fpn = self.layer_1(lateral + F.interpolate(outs[-1], size=lateral.shape[-2:], mode="bilinear",
                                                    align_corners=False))
         return self.mask_features(fpn), fpn, outs

@@ -13,20 +13,8 @@ from pathlib import Path
 
 import torch
 
+from vita_deploy.engines.backend import import_tensorrt
 from vita_deploy.runtime.base import Engine, RuntimeMismatchError, TensorSpec
-
-
-def import_tensorrt():
-    """The installed TensorRT Python module: `tensorrt`, else TensorRT-RTX (`tensorrt_rtx`, `tensorrt_rtx_bindings`)."""
-    for name in ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings"):
-        try:
-            module = __import__(name)
-        except ImportError:
-            continue
-        if hasattr(module, "Builder"):  # the `tensorrt` sdist stub has no API
-            return module
-    raise ImportError("no TensorRT Python package is installed: `pip install tensorrt` (datacenter TensorRT, "
-                      "CUDA GPUs) or `pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings` (TensorRT-RTX)")
 
 
 def _torch_dtype(trt, dtype) -> torch.dtype:
@@ -134,7 +122,9 @@ def check_sidecar(engine_path: Path, trt) -> None:
     if not sidecar.is_file():
         return
     meta = json.loads(sidecar.read_text())
-    built = meta.get("tensorrt_version") or meta.get("trt_version")
-    if built and built != trt.__version__:
-        raise RuntimeMismatchError(f"{engine_path} was built with TensorRT {built} but {trt.__version__} is installed: "
-                                   "rebuild the engine with this TensorRT (`python engines/build.py --manifest ...`)")
+    flavour = "tensorrt-rtx" if trt.__name__.startswith("tensorrt_rtx") else "tensorrt"
+    built = (meta.get("tensorrt_flavour"), meta.get("tensorrt_version"))
+    if built != (flavour, trt.__version__):
+        raise RuntimeMismatchError(f"{engine_path} was built with {built[0]} {built[1]} but {flavour} "
+                                   f"{trt.__version__} is installed: rebuild the engine with this TensorRT "
+                                   "(`python engines/build.py --manifest ...`)")

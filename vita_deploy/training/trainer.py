@@ -28,7 +28,7 @@ from vita_deploy.inference import eager_graphs, run_video
 from vita_deploy.modeling.checkpoint import CheckpointError, _torch_load, load_state_dict_checked, save_checkpoint
 from vita_deploy.modeling.model import VitaModel, build_model
 from vita_deploy.preprocess import normalize_and_pad, padded_size
-from vita_deploy.training.criterion import build_criterion
+from vita_deploy.training.criterion import build_criterion, distributed_average
 from vita_deploy.video_io import read_image
 
 
@@ -125,9 +125,12 @@ class Trainer:
         self.model_cfg = get_config(cfg.config).with_num_classes(self.train_set.num_classes,
                                                                  tuple(self.train_set.category_names))
         self.model: VitaModel = build_model(self.model_cfg).to(self.device)
+        # Under DDP the number of target masks is averaged over processes, as in the official code.
         self.criterion = build_criterion(self.model_cfg.num_classes, num_points=cfg.num_points,
                                          frame_layers=self.model_cfg.frame_decoder.num_layers + 1,
-                                         vita_layers=self.model_cfg.vita.dec_layers).to(self.device)
+                                         vita_layers=self.model_cfg.vita.dec_layers,
+                                         num_masks_reducer=distributed_average if self.distributed else None
+                                         ).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -155,9 +158,10 @@ class Trainer:
         self.scaler.load_state_dict(data["scaler"])
         self.iteration = int(data["iteration"])
         log = self.out / "log.jsonl"
-        if log.exists():
+        if log.exists():  # drop what was logged after the checkpoint: those iterations are redone
             self.history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             self.history = [h for h in self.history if h.get("iter", 0) <= self.iteration]
+            log.write_text("".join(json.dumps(h) + "\n" for h in self.history))
 
     # -- loop ------------------------------------------------------------------------------------------------
     def batches(self):

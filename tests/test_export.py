@@ -136,8 +136,22 @@ def test_tiny_fp32_parity_trained_weights(tmp_path):
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip(f"the trained tiny checkpoint {DEFAULT_CHECKPOINT} is not shipped yet")
     model = load_checkpoint(DEFAULT_CHECKPOINT)[0]
-    export_model(model, tmp_path, ExportOptions(deform_attn="native", max_frames=64), checkpoint=DEFAULT_CHECKPOINT)
-    check_parity(tmp_path, model, TINY_SIZES[:2], (1, 7, 13), FP32_REL)
+    export_dir = tmp_path / "export"
+    export_model(model, export_dir, ExportOptions(deform_attn="native", max_frames=64), checkpoint=DEFAULT_CHECKPOINT)
+    check_parity(export_dir, model, TINY_SIZES[:2], (1, 7, 13), FP32_REL)
+    # Video parity on labelled synthetic videos (a seed disjoint from training): matched mask IoU and AP.
+    import json
+
+    from vita_deploy import verify
+    from vita_deploy.data.synthetic import generate_split
+    generate_split(tmp_path / "data", "valid", 4, seed=4242, progress=False)
+    report = tmp_path / "report.json"
+    assert verify.main(["--export", str(export_dir), "--videos", str(tmp_path / "data"), "--device", "cpu",
+                        "--report", str(report)]) == 0
+    video = json.loads(report.read_text())["video"]
+    print(f"\ntrained tiny, ORT vs eager on 4 videos: min matched IoU {video['min_matched_iou']:.4f}, "
+          f"AP {video['ap_eager']:.2f} vs {video['ap_backend']:.2f}")
+    assert video["min_matched_iou"] >= 0.99 and abs(video["delta_ap"]) <= 0.1
 
 
 def test_r50_fp32_parity_one_size():

@@ -1,0 +1,59 @@
+"""Eager latency of one frame through the frame detector, and of the VITA head over T frame queries.
+
+    python benchmarks/frame_latency.py [--configs tiny r50] [--threads 2] [--frames 36]
+
+Random weights (speed does not depend on them); median of --repeats runs after --warmup runs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from vita_deploy.config import get_config  # noqa: E402
+from vita_deploy.modeling.model import build_model  # noqa: E402
+from vita_deploy.preprocess import padded_size, shortest_edge_size  # noqa: E402
+
+
+def median_ms(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--configs", nargs="+", default=["tiny", "r50"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--frames", type=int, default=36, help="T for the VITA head")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    for name in a.configs:
+        cfg = get_config(name)
+        model = build_model(cfg).eval()
+        h, w = padded_size(*shortest_edge_size(360, 640, cfg.input.min_size_test, cfg.input.max_size_test))
+        x = torch.randn(1, 3, h, w)
+        with torch.inference_mode():
+            det = median_ms(lambda: model.frame_detector(x), a.repeats, a.warmup)
+            fq = model.frame_detector(x)[0].repeat(a.frames, 1, 1)
+            vita = median_ms(lambda: model.vita_head(fq), a.repeats, a.warmup)
+        print(f"{name}: 360x640 frame (padded {h}x{w}): frame detector {det:.1f} ms; VITA head T={a.frames}: "
+              f"{vita:.1f} ms ({a.threads} threads)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

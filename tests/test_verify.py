@@ -1,0 +1,36 @@
+"""`python -m vita_deploy.verify`: parity table of an ONNX export against the eager model, and its refusals."""
+from __future__ import annotations
+
+import json
+
+from test_export import exported, random_model
+from vita_deploy import verify
+from vita_deploy.data.synthetic import generate_split
+from vita_deploy.modeling.checkpoint import save_checkpoint
+
+
+def test_verify_onnxruntime_passes_on_a_faithful_export(tmp_path, capsys):
+    ckpt = save_checkpoint(tmp_path / "tiny.pth", random_model("tiny"))
+    generate_split(tmp_path / "data", "valid", 2, seed=5, min_frames=6, max_frames=8, progress=False)
+    report = tmp_path / "report.json"
+    rc = verify.main(["--export", str(exported("tiny")), "--backend", "onnxruntime", "--checkpoint", str(ckpt),
+                      "--videos", str(tmp_path / "data"), "--device", "cpu", "--report", str(report)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    data = json.loads(report.read_text())
+    assert all(r["rel"] < verify.THRESHOLDS["fp32"]["tensor_rel"] for r in data["tensors"].values())
+    assert data["video"]["min_matched_iou"] >= 0.99 and abs(data["video"]["delta_ap"]) <= 0.1
+    assert "PASS" in out
+
+
+def test_verify_refuses_other_weights(tmp_path, capsys):
+    """An export records the hash of the checkpoint it was made from; verifying with other weights is refused."""
+    import shutil
+    export = tmp_path / "export"
+    shutil.copytree(exported("tiny"), export)
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["checkpoint_sha256"] = "0" * 64
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    ckpt = save_checkpoint(tmp_path / "other.pth", random_model("tiny"))
+    assert verify.main(["--export", str(export), "--checkpoint", str(ckpt), "--device", "cpu"]) == 2
+    assert "is not the checkpoint" in capsys.readouterr().err

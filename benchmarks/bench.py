@@ -25,7 +25,8 @@ from vita_deploy.infer import load_model  # noqa: E402
 from vita_deploy.inference import eager_graphs  # noqa: E402
 
 
-def graphs_for(backend: str, precision: str, model, device: torch.device, export_dir: str | None):
+def graphs_for(backend: str, precision: str, model, device: torch.device, export_dir: str | None,
+               threads: int | None = None):
     """The two graph callables of a backend, or a reason why it cannot run here."""
     if backend == "torch":
         return eager_graphs(model, amp=precision == "fp16")
@@ -37,7 +38,7 @@ def graphs_for(backend: str, precision: str, model, device: torch.device, export
         if not export_dir:
             raise SystemExit("--backend onnxruntime needs --export DIR (from `python export/to_onnx.py`)")
         from vita_deploy.export.ort import ort_graphs
-        return ort_graphs(export_dir, device=device)
+        return ort_graphs(export_dir, device=device, threads=threads)
     if backend == "tensorrt":
         if not export_dir:
             raise SystemExit("--backend tensorrt needs --export DIR with built engines")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         for backend in args.backend:
             for precision in args.precision:
                 model = load_model(args.checkpoint, args.config).to(device)
-                detector, vita = graphs_for(backend, precision, model, device, args.export)
+                detector, vita = graphs_for(backend, precision, model, device, args.export, args.threads)
                 for res, video in videos.items():
                     for frames in args.frames:
                         clip = Path(tmp) / f"{res}_{frames}.mp4"

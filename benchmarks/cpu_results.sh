@@ -10,11 +10,11 @@ mkdir -p "$OUT" "$EXP"
 [ -f "$EXP/tiny_native/manifest.json" ] || $PY export/to_onnx.py --config tiny --deform-attn native --out-dir "$EXP/tiny_native"
 [ -f "$EXP/r50_native/manifest.json" ] || $PY export/to_onnx.py --config r50 --deform-attn native --out-dir "$EXP/r50_native"
 # tiny: eager vs ONNX Runtime, clip lengths 18/36/72 at 360p sources.
-$PY benchmarks/bench.py --config tiny --backend torch onnxruntime --export "$EXP/tiny_native" \
+$PY benchmarks/bench.py --threads "${THREADS:-2}" --config tiny --backend torch onnxruntime --export "$EXP/tiny_native" \
     --frames 18 36 72 --resolution 360p --repeats 3 --warmup 1 --out "$OUT/cpu_tiny"
 # r50 (random weights: speed does not depend on them): eager vs ONNX Runtime, 18 frames at 360p.
-$PY benchmarks/bench.py --config r50 --backend torch onnxruntime --export "$EXP/r50_native" \
+$PY benchmarks/bench.py --threads "${THREADS:-2}" --config r50 --backend torch onnxruntime --export "$EXP/r50_native" \
     --frames 18 --resolution 360p --repeats 2 --warmup 1 --out "$OUT/cpu_r50"
 # Peak host memory against video length: streaming pipeline vs all frames at once (tiny, 360p source).
-$PY benchmarks/bench.py --config tiny --frames 18 --repeats 1 --warmup 0 --resolution 360p \
+$PY benchmarks/bench.py --threads "${THREADS:-2}" --config tiny --frames 18 --repeats 1 --warmup 0 --resolution 360p \
     --memory-study 36 360 1000 10000 --out "$OUT/cpu_memory"

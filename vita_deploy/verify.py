@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from vita_deploy.evaluation.ytvis_eval import evaluate_ytvis, video_iou
@@ -37,6 +38,13 @@ def tensor_report(out: torch.Tensor, ref: torch.Tensor) -> dict:
             "rel": err.max().item() / max(ref.abs().max().item(), 1e-12)}
 
 
+def parity_iou(a: list[dict], b: list[dict]) -> float:
+    """Video mask IoU of two predictions of the same instance; two empty masks are identical (1.0), unlike the
+    evaluator's convention (0 for an empty union)."""
+    empty = all(mask_utils.area(r) == 0 for r in a) and all(mask_utils.area(r) == 0 for r in b)
+    return 1.0 if empty else video_iou(a, b)
+
+
 def matched_mask_ious(a: VideoPrediction, b: VideoPrediction) -> list[float]:
     """Hungarian matching of two predictions' instances by video mask IoU (same label only)."""
     if not a.segmentations or not b.segmentations:
@@ -44,7 +52,7 @@ def matched_mask_ious(a: VideoPrediction, b: VideoPrediction) -> list[float]:
     cost = np.zeros((len(a.scores), len(b.scores)))
     for i, (la, sa) in enumerate(zip(a.labels, a.segmentations)):
         for j, (lb, sb) in enumerate(zip(b.labels, b.segmentations)):
-            cost[i, j] = -video_iou(sa, sb) if la == lb else 1.0
+            cost[i, j] = -parity_iou(sa, sb) if la == lb else 1.0
     rows, cols = linear_sum_assignment(cost)
     return [max(-cost[i, j], 0.0) for i, j in zip(rows, cols)]
 

@@ -17,7 +17,6 @@ folder, which is where the runtime looks for them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -25,10 +24,10 @@ from vita_deploy.engines.backend import Backend, load_backend
 from vita_deploy.engines.builder import MSDA_PLUGIN, BuildOptions, build_engine
 from vita_deploy.engines.errors import ManifestError, PluginMissingError
 from vita_deploy.engines.shapes import ShapeRange
+from vita_deploy.export.onnx_export import ExportError, load_manifest
 from vita_deploy.modeling.checkpoint import file_sha256
 
 log = logging.getLogger("vita_deploy.engines")
-MANIFEST_FORMAT, MANIFEST_VERSIONS = "vita-deploy-export", (1,)
 
 
 def _shape(value, where: str) -> tuple[int, ...]:
@@ -43,16 +42,10 @@ def read_manifest(manifest_path: str | Path) -> dict:
     path = Path(manifest_path)
     if path.is_dir():
         path = path / "manifest.json"
-    if not path.is_file():
-        raise ManifestError(f"{path} does not exist: export first (`python export/to_onnx.py --out-dir "
-                            f"{path.parent}`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path} is not valid JSON ({e}): re-export") from None
-    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("format_version") not in MANIFEST_VERSIONS:
-        raise ManifestError(f"{path} is not a {MANIFEST_FORMAT} manifest of format version "
-                            f"{'/'.join(map(str, MANIFEST_VERSIONS))}: re-export with this version")
+    try:  # one reader of the export format: the exporter's
+        manifest = load_manifest(path.parent)
+    except ExportError as e:
+        raise ManifestError(str(e)) from None
     graphs = manifest.get("graphs")
     if not isinstance(graphs, dict) or not graphs:
         raise ManifestError(f"{path} declares no graphs: re-export")

@@ -178,6 +178,16 @@ def write_json(results: list[RunResult], path: Path, env: dict, extra: dict | No
                                indent=2))
 
 
+def _save_plot(fig, ax, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_fps(results: list[RunResult], path: Path) -> None:
     import matplotlib
 
@@ -195,11 +205,7 @@ def plot_fps(results: list[RunResult], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("clip length (frames)")
     ax.set_ylabel("end-to-end fps")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_plot(fig, ax, path)
 
 
 def _total_ram_mb() -> float:
@@ -272,8 +278,4 @@ def plot_memory(rows: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("video length (frames)")
     ax.set_ylabel("peak host memory (MB)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_plot(fig, ax, path)

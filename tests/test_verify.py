@@ -34,3 +34,27 @@ def test_verify_refuses_other_weights(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "other.pth", random_model("tiny"))
     assert verify.main(["--export", str(export), "--checkpoint", str(ckpt), "--device", "cpu"]) == 2
     assert "is not the checkpoint" in capsys.readouterr().err
+
+
+def test_infer_cli_on_the_onnxruntime_backend(tmp_path, capsys):
+    """`python -m vita_deploy.infer VIDEO --backend onnxruntime --export DIR` gives the eager result."""
+    import cv2
+    import numpy as np
+
+    from vita_deploy import infer
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(folder / f"{i:05d}.png"), rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    ckpt = save_checkpoint(tmp_path / "tiny.pth", random_model("tiny"))
+    assert infer.main([str(folder), "--checkpoint", str(ckpt), "--json", str(tmp_path / "eager.json"),
+                       "--device", "cpu"]) == 0
+    assert infer.main([str(folder), "--backend", "onnxruntime", "--export", str(exported("tiny")), "--json",
+                       str(tmp_path / "ort.json"), "--out", str(tmp_path / "ort.mp4"), "--device", "cpu"]) == 0
+    eager, ort = (json.loads((tmp_path / f).read_text()) for f in ("eager.json", "ort.json"))
+    assert [r["category_id"] for r in eager] == [r["category_id"] for r in ort]
+    assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(eager, ort))
+    assert (tmp_path / "ort.mp4").stat().st_size > 1000
+    assert infer.main([str(folder), "--backend", "onnxruntime", "--device", "cpu"]) == 2
+    assert "needs --export" in capsys.readouterr().err

@@ -35,14 +35,33 @@ def load_model(checkpoint: str | Path | None, config: str | None) -> VitaModel:
     return load_checkpoint(checkpoint, get_config(config) if config else None)[0]
 
 
-def infer_file(video: str | Path, model: VitaModel, device: str = "cpu", amp: bool = False,
-               progress: bool = True) -> VideoPrediction:
+def backend_graphs(backend: str, export: str | None, device: str):
+    """(DetectorFn, VitaFn, ModelConfig) of an export on ONNX Runtime or TensorRT."""
+    from vita_deploy.config import ModelConfig
+    from vita_deploy.export.onnx_export import load_manifest
+
+    if not export:
+        raise ValueError(f"--backend {backend} needs --export DIR (from `python export/to_onnx.py`)")
+    cfg = ModelConfig.from_dict(load_manifest(export)["config"])
+    if backend == "onnxruntime":
+        from vita_deploy.export.ort import ort_graphs
+        return (*ort_graphs(export, device=device), cfg)
+    from vita_deploy.runtime import tensorrt_graphs
+    return (*tensorrt_graphs(export, device=device), cfg)
+
+
+def infer_file(video: str | Path, model: VitaModel | None, device: str = "cpu", amp: bool = False,
+               progress: bool = True, backend: str = "torch", export: str | None = None) -> VideoPrediction:
+    """Whole-video inference on the eager model (backend "torch") or an export (onnxruntime, tensorrt)."""
     source = open_video(video)
-    model = model.to(device)
-    detector, vita = eager_graphs(model, amp=amp)
+    if backend == "torch":
+        model = model.to(device)
+        detector, vita = eager_graphs(model, amp=amp)
+        cfg = model.cfg
+    else:
+        detector, vita, cfg = backend_graphs(backend, export, device)
     start = time.perf_counter()
-    pred = run_video(source, detector, vita, model.cfg, device=device, num_frames=source.num_frames,
-                     progress=progress)
+    pred = run_video(source, detector, vita, cfg, device=device, num_frames=source.num_frames, progress=progress)
     pred.timings["total_s"] = time.perf_counter() - start
     return pred
 
@@ -58,16 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video-id", type=int, default=1, help="video_id written in the results")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA (as the official eval)")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+                        help="eager PyTorch, or the ONNX files / engines of --export")
+    parser.add_argument("--export", help="export folder (manifest.json) for --backend onnxruntime/tensorrt")
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.checkpoint, args.config)
-        pred = infer_file(args.video, model, args.device, args.amp)
-    except (VideoReadError, CheckpointError, ValueError) as e:
+        model = load_model(args.checkpoint, args.config) if args.backend == "torch" else None
+        pred = infer_file(args.video, model, args.device, args.amp, backend=args.backend, export=args.export)
+    except (VideoReadError, CheckpointError, ValueError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     results = pred.to_ytvis(args.video_id)
     atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results)))
-    names = model.cfg.class_names
+    if model is not None:
+        names = model.cfg.class_names
+    else:
+        from vita_deploy.export.onnx_export import load_manifest
+        names = tuple(load_manifest(args.export)["config"].get("class_names") or ())
     print(f"{pred.num_frames} frames {pred.width}x{pred.height} in {pred.timings['total_s']:.2f} s "
           f"({pred.num_frames / pred.timings['total_s']:.2f} fps); wrote {len(results)} instances to {args.json}")
     for score, label in zip(pred.scores, pred.labels):

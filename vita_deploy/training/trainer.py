@@ -224,9 +224,9 @@ class Trainer:
         if main:
             self.save("last.pth")
             self.save("model_final.pth")
-            plot_losses(self.history, self.out / "loss_curve.png")
             if cfg.eval_every:
                 last_metrics = self.evaluate()
+            plot_losses(self.history, self.out / "loss_curve.png")  # after the final evaluation, so it is drawn
         if self.distributed:
             dist.barrier()
         return last_metrics

@@ -77,22 +77,22 @@ def check_parity(export_dir: Path, model, sizes, frames, threshold: float) -> di
     cfg = model.cfg
     report = {}
     g = torch.Generator().manual_seed(1)
+
+    def compare(engine, module, feed: str, x: torch.Tensor, names: tuple[str, str], label: str) -> None:
+        with torch.no_grad():
+            ref = module(x)
+        out = engine.infer({feed: x})
+        for name, r in zip(names, ref):
+            assert out[name].shape == r.shape
+            report[f"{label} {name}"] = errors(out[name], r)
+
     for n, h, w in sizes:
-        x = torch.randn(n, 3, h, w, generator=g)
-        with torch.no_grad():
-            ref = model.frame_detector(x)
-        out = detector.infer({"images": x})
-        for name, r in zip(("frame_queries", "mask_features"), ref):
-            assert out[name].shape == r.shape
-            report[f"frame_detector N={n} {h}x{w} {name}"] = errors(out[name], r)
+        compare(detector, model.frame_detector, "images", torch.randn(n, 3, h, w, generator=g),
+                ("frame_queries", "mask_features"), f"frame_detector N={n} {h}x{w}")
     for t in frames:
-        fq = torch.randn(t, cfg.frame_decoder.num_queries, cfg.vita.hidden_dim, generator=g)
-        with torch.no_grad():
-            ref = model.vita_head(fq)
-        out = vita.infer({"frame_queries": fq})
-        for name, r in zip(("class_logits", "mask_embed"), ref):
-            assert out[name].shape == r.shape
-            report[f"vita_head T={t} {name}"] = errors(out[name], r)
+        compare(vita, model.vita_head, "frame_queries",
+                torch.randn(t, cfg.frame_decoder.num_queries, cfg.vita.hidden_dim, generator=g),
+                ("class_logits", "mask_embed"), f"vita_head T={t}")
     print(f"\nparity {export_dir.name}:\n" + "\n".join(f"  {k}: max abs {a:.2e}, rel {r:.2e}"
                                                    for k, (a, r) in report.items()))
     worst = max(report.items(), key=lambda kv: kv[1][1])

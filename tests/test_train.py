@@ -69,6 +69,19 @@ def test_optimizer_groups_and_schedule(data, tmp_path):
     assert lr_factor(int(0.8 * cfg.iters), cfg) == pytest.approx(0.1)
 
 
+def test_cli_schedule_flags_reach_the_optimizer(data, tmp_path):
+    from vita_deploy.train import parse_args
+    cfg, resume = parse_args(["--data", str(data), "--out", str(tmp_path), "--lr", "1e-3",
+                              "--backbone-lr-mult", "1.0", "--warmup-iters", "100"])
+    assert resume is None and (cfg.backbone_lr_mult, cfg.warmup_iters) == (1.0, 100)
+    defaults, _ = parse_args(["--data", str(data), "--out", str(tmp_path)])
+    assert (defaults.backbone_lr_mult, defaults.warmup_iters) == (0.1, 10)  # the official fine-tuning recipe
+    model = Trainer(config(data, tmp_path, backbone_lr_mult=1.0)).model
+    groups = build_optimizer(model, cfg).param_groups
+    assert len(groups) > 1 and all(g["lr"] == pytest.approx(1e-3) for g in groups)  # backbone at full lr
+    assert lr_factor(49, cfg) == pytest.approx(0.5) and lr_factor(99, cfg) == pytest.approx(1.0)
+
+
 def test_ddp_with_two_cpu_processes(data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

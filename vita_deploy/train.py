@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     g.add_argument("--num-frames", type=int, default=defaults["num_frames"], help="frames per clip (T)")
     g.add_argument("--sampling-frame-range", type=int, default=defaults["sampling_frame_range"])
     g.add_argument("--lr", type=float, default=defaults["lr"])
+    g.add_argument("--backbone-lr-mult", type=float, default=defaults["backbone_lr_mult"],
+                   help="backbone lr factor: 0.1 fine-tunes a pretrained backbone (official); 1.0 from scratch")
+    g.add_argument("--warmup-iters", type=int, default=defaults["warmup_iters"])
     g.add_argument("--clip-grad", type=float, default=defaults["clip_grad"])
     g.add_argument("--num-points", type=int, default=defaults["num_points"], help="points per mask in losses")
     g = p.add_argument_group("run")
@@ -44,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     a = p.parse_args(argv)
     cfg = TrainConfig(data=a.data, out=a.out, config=a.config, iters=a.iters, batch_size=a.batch_size,
                       num_frames=a.num_frames, sampling_frame_range=a.sampling_frame_range, lr=a.lr,
-                      clip_grad=a.clip_grad, num_points=a.num_points, eval_every=a.eval_every,
+                      backbone_lr_mult=a.backbone_lr_mult, warmup_iters=a.warmup_iters, clip_grad=a.clip_grad, num_points=a.num_points, eval_every=a.eval_every,
                       eval_videos=a.eval_videos, ckpt_every=a.ckpt_every, log_every=a.log_every,
                       workers=a.workers, seed=a.seed, device=a.device, amp=not a.no_amp)
     resume = None

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -271,21 +272,32 @@ def plot_losses(history: list[dict], path: Path) -> None:
     steps = [h for h in history if "loss" in h]
     if not steps:
         return
+    # Each record is one iteration's loss (a 4-clip batch), so the curves are noisy: draw the total faintly and
+    # every curve as a moving average over `window` records.
+    window = max(1, len(steps) // 12)
+    iters = np.array([h["iter"] for h in steps], dtype=float)
+
+    def smooth(values: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        kernel = np.ones(window) / window
+        return np.convolve(iters, kernel, "valid"), np.convolve(np.asarray(values, dtype=float), kernel, "valid")
+
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([h["iter"] for h in steps], [h["loss"] for h in steps], label="total (weighted)")
-    for key in ("loss_ce", "loss_mask", "loss_dice", "loss_vita_ce", "loss_vita_mask", "loss_vita_dice", "loss_vita_sim"):
-        if key in steps[0]:
-            ax.plot([h["iter"] for h in steps], [h[key] for h in steps], label=key, lw=0.8)
+    ax.plot(iters, [h["loss"] for h in steps], color="C0", alpha=0.25, lw=0.8)
+    ax.plot(*smooth([h["loss"] for h in steps]), color="C0", label="total (weighted)")
+    keys = ("loss_ce", "loss_mask", "loss_dice", "loss_vita_ce", "loss_vita_mask", "loss_vita_dice", "loss_vita_sim")
+    for i, key in enumerate(k for k in keys if k in steps[0]):
+        ax.plot(*smooth([h[key] for h in steps]), color=f"C{i + 1}", label=key, lw=0.8)
     ax.set_yscale("log")
-    ax.set_xlabel("iteration")
+    ax.set_xlabel(f"iteration (moving average over {window} log records)" if window > 1 else "iteration")
     ax.set_ylabel("loss")
     evals = [h for h in history if "eval" in h]
     if evals:
         ax2 = ax.twinx()
-        ax2.plot([h["iter"] for h in evals], [h["eval"]["AP"] for h in evals], "k--o", label="val AP")
+        ax2.plot([h["iter"] for h in evals], [h["eval"]["AP"] for h in evals], "k--o", label="val AP (right axis)")
         ax2.set_ylabel("val AP")
         ax2.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="upper right")
+    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

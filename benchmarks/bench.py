@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                   args.memory_study, out)
     write_json(results, out.with_suffix(".json"), env, {"memory_study": memory} if memory else None)
     if results:
-        write_markdown(results, out.with_suffix(".md"), env)
+        write_markdown(results, out.with_suffix(".md"), env, memory)
         plot_fps(results, out.with_name(out.name + "_fps.png"))
     print(f"wrote {out.with_suffix('.json')}" + (f", {out.with_suffix('.md')}" if results else ""))
     return 0

@@ -157,7 +157,8 @@ def result_from_timings(backend: str, precision: str, device: torch.device, cfg:
                      fps, host_peak, gpu_peak, repeats, warmup)
 
 
-def write_markdown(results: list[RunResult], path: Path, env: dict) -> None:
+def write_markdown(results: list[RunResult], path: Path, env: dict, memory: list[dict] | None = None) -> None:
+    """One table row per run; with `memory` (rows of `memory_study`) a second table: peak memory vs video length."""
     lines = [f"# Benchmark results\n", f"Machine: {env.get('gpu', env['processor'])}, {env['cpu_count']} CPU cores, "
              f"torch {env['torch']} ({env['torch_threads']} threads), {env['date']}.  ",
              f"Command: `{env['command']}`\n",
@@ -170,6 +171,17 @@ def write_markdown(results: list[RunResult], path: Path, env: dict) -> None:
         lines.append(f"| {r.config} | {r.backend} | {r.precision} | {r.device} | {r.resolution} | {r.frames} | "
                      f"{r.fps['end_to_end']:.2f} | {r.end_to_end_s['median']:.2f} ({r.end_to_end_s['p90']:.2f}) | "
                      + " | ".join(st) + f" | {r.host_peak_mb:.0f} | {gpu} |")
+    if memory:
+        lines += ["", "Peak memory against video length (streaming: chunked detector, mask features in the "
+                  "FeatureStore; naive: all frames at once):", "",
+                  "| frames | streaming host peak MB | streaming GPU peak MB | streaming s | naive host peak MB "
+                  "| naive s |", "| --- | --- | --- | --- | --- | --- |"]
+        for m in memory:
+            gpu = f"{m['streaming_gpu_peak_mb']:.0f}" if m.get("streaming_gpu_peak_mb") is not None else "-"
+            naive = (f"{m['naive_host_peak_mb']:.0f} | {m['naive_s']:.1f}" if m.get("naive_host_peak_mb") is not None
+                     else f"not run ({m.get('naive_skipped', 'skipped')}) | -")
+            lines.append(f"| {m['frames']} | {m['streaming_host_peak_mb']:.0f} | {gpu} | {m['streaming_s']:.1f} "
+                         f"| {naive} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -23,7 +23,12 @@ class OrtEngine(Engine):
         if not path.is_file():
             raise RuntimeMismatchError(f"{path} does not exist: export it with `python export/to_onnx.py`")
         self.device = torch.device(device)
-        options = session_options or ort.SessionOptions()
+        options = session_options
+        if options is None:
+            options = ort.SessionOptions()
+            # ONNX Runtime's pool threads spin after each run by default, taking the cores that the torch
+            # pre- and post-processing between graph calls needs; a pipeline wants them to sleep instead.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         if self.device.type == "cuda":

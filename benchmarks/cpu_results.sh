@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the CPU results committed under benchmarks/results/ (2-core build machine, no GPU).
-# Run from the repository root after `make install`; takes about 20 minutes.
+# Run from the repository root after `make install`; takes about 15 minutes on the idle machine.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-benchmarks/results}
@@ -11,7 +11,7 @@ mkdir -p "$OUT" "$EXP"
 [ -f "$EXP/r50_native/manifest.json" ] || $PY export/to_onnx.py --config r50 --deform-attn native --out-dir "$EXP/r50_native"
 # tiny: eager vs ONNX Runtime, clip lengths 18/36/72 at 360p sources.
 $PY benchmarks/bench.py --threads "${THREADS:-2}" --config tiny --backend torch onnxruntime --export "$EXP/tiny_native" \
-    --frames 18 36 72 --resolution 360p --repeats 3 --warmup 1 --out "$OUT/cpu_tiny"
+    --frames 18 36 72 --resolution 360p --repeats 5 --warmup 2 --out "$OUT/cpu_tiny"
 # r50 (random weights: speed does not depend on them): eager vs ONNX Runtime, 18 frames at 360p.
 $PY benchmarks/bench.py --threads "${THREADS:-2}" --config r50 --backend torch onnxruntime --export "$EXP/r50_native" \
     --frames 18 --resolution 360p --repeats 2 --warmup 1 --out "$OUT/cpu_r50"

@@ -47,9 +47,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     a = p.parse_args(argv)
     cfg = TrainConfig(data=a.data, out=a.out, config=a.config, iters=a.iters, batch_size=a.batch_size,
                       num_frames=a.num_frames, sampling_frame_range=a.sampling_frame_range, lr=a.lr,
-                      backbone_lr_mult=a.backbone_lr_mult, warmup_iters=a.warmup_iters, clip_grad=a.clip_grad, num_points=a.num_points, eval_every=a.eval_every,
-                      eval_videos=a.eval_videos, ckpt_every=a.ckpt_every, log_every=a.log_every,
-                      workers=a.workers, seed=a.seed, device=a.device, amp=not a.no_amp)
+                      backbone_lr_mult=a.backbone_lr_mult, warmup_iters=a.warmup_iters, clip_grad=a.clip_grad,
+                      num_points=a.num_points, eval_every=a.eval_every, eval_videos=a.eval_videos,
+                      ckpt_every=a.ckpt_every, log_every=a.log_every, workers=a.workers, seed=a.seed,
+                      device=a.device, amp=not a.no_amp)
     resume = None
     if a.resume == "auto":
         resume = str(Path(a.out) / "last.pth")

@@ -272,7 +272,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     steps = [h for h in history if "loss" in h]
     if not steps:
         return
-    # Each record is one iteration's loss (a 4-clip batch), so the curves are noisy: draw the total faintly and
+    # Each record is one iteration's loss (one batch), so the curves are noisy: draw the total faintly and
     # every curve as a moving average over `window` records.
     window = max(1, len(steps) // 12)
     iters = np.array([h["iter"] for h in steps], dtype=float)

@@ -137,6 +137,29 @@ def test_augmentation_keeps_masks_aligned():
     np.testing.assert_array_equal(out_img[..., 0] > 127, out_mask)
 
 
+def test_crop_origin_pans_across_the_clip_as_the_official_random_crop_clip():
+    # identity resizes (100x120 -> short side 100, crop 50x50 -> short side 50) so pixel values give the origin
+    aug = ClipAugmentation(flip_prob=0.0, crop_prob=1.0, crop_resize_sizes=(100,), crop_range=(50, 50),
+                           min_sizes=(50,), max_size=50)
+    rows, cols = np.meshgrid(np.arange(100), np.arange(120), indexing="ij")
+    image = np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.uint8)
+    mask = (rows % 7 == 0) & (cols % 5 == 0)
+    moved = 0
+    for seed in range(50):
+        params = aug.sample(np.random.default_rng(seed), 100, 120, num_frames=5)
+        _, (ys, xs, ch, cw) = params["crop"]
+        assert (ch, cw) == (50, 50) and len(ys) == len(xs) == 5
+        for d in (np.diff(ys), np.diff(xs)):
+            assert (d >= 0).all() or (d <= 0).all()  # one straight pan, forwards or backwards
+        moved += ys[0] != ys[-1] or xs[0] != xs[-1]
+        for j in range(5):
+            out, out_mask = aug.apply(image, params, frame=j), aug.apply(mask, params, is_mask=True, frame=j)
+            assert out.shape[:2] == out_mask.shape == (50, 50)
+            assert (out[0, 0, 0], out[0, 0, 1]) == (ys[j], xs[j])
+            np.testing.assert_array_equal(out_mask, mask[ys[j]:ys[j] + 50, xs[j]:xs[j] + 50])
+    assert moved > 40  # the origin almost always moves (it stays only when start == end in both axes)
+
+
 def test_missing_images_are_reported(split, tmp_path):
     with pytest.raises(YTVISFormatError, match="does not exist"):
         YTVISClipDataset(split, tmp_path / "nowhere")

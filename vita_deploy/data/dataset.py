@@ -2,7 +2,9 @@
 
 Sampling (`vita/data/dataset_mapper.py`): a random reference frame, then T-1 more drawn WITH replacement from
 [ref - range, ref + range] (clipped to the video, excluding the reference), sorted. Augmentation draws its
-parameters once per clip and applies them to every frame: shortest-edge resize, optional random crop, flip.
+parameters once per clip (`vita/data/augmentation.py`): optional random crop, shortest-edge resize, flip. The crop
+size is the same for every frame while its origin moves along a line across the clip, as the official
+`RandomCropClip` does, so a crop looks like a slow camera pan.
 """
 from __future__ import annotations
 
@@ -48,25 +50,37 @@ class ClipAugmentation:
         return cls(min_sizes=tuple(range(288, 513, 32)), max_size=768, crop_prob=0.5,
                    crop_resize_sizes=(400, 500, 600), crop_range=(384, 600), flip_prob=0.5)
 
-    def sample(self, rng: np.random.Generator, h: int, w: int) -> dict:
-        """Parameters for one clip of (h, w) frames."""
+    def sample(self, rng: np.random.Generator, h: int, w: int, num_frames: int = 1) -> dict:
+        """Parameters for one clip of `num_frames` frames of (h, w) pixels.
+
+        The crop origin of frame j is start + s_j * (end - start) with sorted uniform s_j, start and end drawn
+        with end >= start in both axes, and the order reversed with probability 0.5 (official `RandomCropClip`).
+        """
         params: dict = {"flip": bool(rng.random() < self.flip_prob), "crop": None}
         if rng.random() < self.crop_prob:
             short = int(rng.choice(self.crop_resize_sizes))
             rh, rw = _short_edge(h, w, short, 10**6)
             ch = int(min(rh, rng.integers(self.crop_range[0], self.crop_range[1] + 1)))
             cw = int(min(rw, rng.integers(self.crop_range[0], self.crop_range[1] + 1)))
-            params["crop"] = ((rh, rw), (int(rng.integers(rh - ch + 1)), int(rng.integers(rw - cw + 1)), ch, cw))
+            y0, x0 = int(rng.integers(rh - ch + 1)), int(rng.integers(rw - cw + 1))
+            y1, x1 = int(rng.integers(y0, rh - ch + 1)), int(rng.integers(x0, rw - cw + 1))
+            s = np.sort(rng.random(num_frames))
+            ys, xs = np.rint(y0 + s * (y1 - y0)).astype(int), np.rint(x0 + s * (x1 - x0)).astype(int)
+            if rng.random() < 0.5:
+                ys, xs = ys[::-1], xs[::-1]
+            params["crop"] = ((rh, rw), (ys.tolist(), xs.tolist(), ch, cw))
             h, w = ch, cw
         params["size"] = _short_edge(h, w, int(rng.choice(self.min_sizes)), self.max_size)
         return params
 
     @staticmethod
-    def apply(image: np.ndarray, params: dict, is_mask: bool = False) -> np.ndarray:
+    def apply(image: np.ndarray, params: dict, is_mask: bool = False, frame: int = 0) -> np.ndarray:
+        """Augment frame `frame` of the clip (an (H, W, 3) image or an (H, W) bool mask)."""
         interp = cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
         x = image.astype(np.uint8) if is_mask else image
         if params["crop"] is not None:
-            (rh, rw), (y0, x0, ch, cw) = params["crop"]
+            (rh, rw), (ys, xs, ch, cw) = params["crop"]
+            y0, x0 = ys[frame], xs[frame]
             x = cv2.resize(x, (rw, rh), interpolation=interp)[y0:y0 + ch, x0:x0 + cw]
         h, w = params["size"]
         x = cv2.resize(x, (w, h), interpolation=interp)
@@ -124,19 +138,19 @@ class YTVISClipDataset(Dataset):
         video = self.videos[int(rng.integers(len(self.videos)))]
         frames_idx = sample_frame_indices(rng, video["length"], self.num_frames, self.frame_range)
         h, w = video["height"], video["width"]
-        params = self.augment.sample(rng, h, w) if self.augment else None
+        params = self.augment.sample(rng, h, w, len(frames_idx)) if self.augment else None
         images = []
-        for t in frames_idx:
+        for j, t in enumerate(frames_idx):
             image = read_image(self.image_root / video["file_names"][t])
-            images.append(self.augment.apply(image, params) if params else image)
+            images.append(self.augment.apply(image, params, frame=j) if params else image)
         anns = self.annotations[video["id"]]
         masks, labels, ids = [], [], []
         for a in anns:
             per_frame = []
-            for t in frames_idx:
+            for j, t in enumerate(frames_idx):
                 rle = segmentation_to_rle(a["segmentations"][t], h, w)
                 m = mask_utils.decode(rle).astype(bool) if rle is not None else np.zeros((h, w), bool)
-                per_frame.append(self.augment.apply(m, params, is_mask=True) if params else m)
+                per_frame.append(self.augment.apply(m, params, is_mask=True, frame=j) if params else m)
             stack = np.stack(per_frame)
             if stack.any():
                 masks.append(stack)

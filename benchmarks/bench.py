@@ -3,6 +3,12 @@
     python benchmarks/bench.py --config tiny --backend torch onnxruntime --frames 18 36 72 --out benchmarks/results/cpu_tiny
     python benchmarks/bench.py --config r50 --backend torch --precision fp32 fp16 --device cuda --resolution 360p
     python benchmarks/bench.py --config tiny --memory-study 36 360 1000 10000 --out benchmarks/results/cpu_memory
+    python benchmarks/bench.py --config r50 --backend onnxruntime --precision fp32 fp16 \
+        --export exports/r50_native exports/r50_native_fp16
+
+Each precision of an exported backend (onnxruntime, tensorrt) runs the export of that precision (read from its
+manifest.json), so pass one --export directory per precision. fp16 for eager PyTorch is CUDA autocast, so it
+needs --device cuda: on the CPU the run would be fp32 under an fp16 label, and it is refused.
 
 Writes NAME.json (results, machine, versions, the exact command), NAME.md (a table) and PNG plots.
 End-to-end time includes mp4 decoding, pre-processing, both graphs, top-k, mask upsampling and RLE encoding.
@@ -20,14 +26,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from vita_deploy.benchmark import (RESOLUTIONS, bench_video, environment, make_benchmark_video, plot_fps,  # noqa: E402
                                    result_from_timings, write_json, write_markdown)
-from vita_deploy.config import get_config  # noqa: E402
+from vita_deploy.export.onnx_export import ExportError, load_manifest  # noqa: E402
 from vita_deploy.infer import load_model  # noqa: E402
 from vita_deploy.inference import eager_graphs  # noqa: E402
 
 
+EXPORTED_BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def exports_by_precision(export_dirs: list[str], config: str) -> dict[str, str]:
+    """{precision: export dir} from the manifests; refuses an export of another config or two of one precision."""
+    exports: dict[str, str] = {}
+    for d in export_dirs:
+        try:
+            manifest = load_manifest(d)
+        except ExportError as e:
+            raise SystemExit(f"--export {d}: {e}") from None
+        if manifest["config"]["name"] != config:
+            raise SystemExit(f"--export {d} holds the {manifest['config']['name']!r} model, not --config {config}")
+        precision = manifest["precision"]
+        if precision in exports:
+            raise SystemExit(f"--export {exports[precision]} and {d} are both {precision}: pass one per precision")
+        exports[precision] = d
+    return exports
+
+
+def check_runs(backends: list[str], precisions: list[str], device: torch.device, exports: dict[str, str],
+               config: str) -> None:
+    """Refuse, before anything runs, a combination that would run something other than its label says."""
+    for backend in backends:
+        for precision in precisions:
+            if backend in ("torch", "torch-compile") and precision == "fp16" and device.type != "cuda":
+                raise SystemExit(f"--backend {backend} --precision fp16 is CUDA autocast: on {device.type} the model "
+                                 "would run in fp32. Use --device cuda, or time the fp16 ONNX graph with "
+                                 "--backend onnxruntime and an fp16 export.")
+            if backend in EXPORTED_BACKENDS and precision not in exports:
+                have = ", ".join(f"{p} ({d})" for p, d in exports.items()) or "none"
+                raise SystemExit(f"--backend {backend} --precision {precision} needs an {precision} export "
+                                 f"(--export has: {have}). Make one with `python export/to_onnx.py --config {config} "
+                                 f"--deform-attn native --precision {precision} --out-dir DIR` and add DIR to --export.")
+
+
 def graphs_for(backend: str, precision: str, model, device: torch.device, export_dir: str | None,
                threads: int | None = None):
-    """The two graph callables of a backend, or a reason why it cannot run here."""
+    """The two graph callables of a backend at a precision (an exported backend runs `export_dir`)."""
     if backend == "torch":
         return eager_graphs(model, amp=precision == "fp16")
     if backend == "torch-compile":
@@ -35,13 +77,9 @@ def graphs_for(backend: str, precision: str, model, device: torch.device, export
         model.vita_head = torch.compile(model.vita_head, dynamic=True)
         return eager_graphs(model, amp=precision == "fp16")
     if backend == "onnxruntime":
-        if not export_dir:
-            raise SystemExit("--backend onnxruntime needs --export DIR (from `python export/to_onnx.py`)")
         from vita_deploy.export.ort import ort_graphs
         return ort_graphs(export_dir, device=device, threads=threads)
     if backend == "tensorrt":
-        if not export_dir:
-            raise SystemExit("--backend tensorrt needs --export DIR with built engines")
         from vita_deploy.runtime import tensorrt_graphs
         return tensorrt_graphs(export_dir, device=device)
     raise SystemExit(f"unknown backend {backend}")
@@ -57,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--frames", nargs="+", type=int, default=[18, 36])
     p.add_argument("--resolution", nargs="+", default=["360p"], choices=sorted(RESOLUTIONS))
-    p.add_argument("--export", help="export dir (ONNX files / engines) for onnxruntime and tensorrt")
+    p.add_argument("--export", nargs="+", default=[], metavar="DIR",
+                   help="export dirs (ONNX files / engines) for onnxruntime and tensorrt, one per precision")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -68,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    exports = exports_by_precision(args.export, args.config)
+    check_runs(args.backend, args.precision, device, exports, args.config)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = environment(argv)
@@ -81,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for backend in args.backend:
             for precision in args.precision:
                 model = load_model(args.checkpoint, args.config).to(device)
-                detector, vita = graphs_for(backend, precision, model, device, args.export, args.threads)
+                detector, vita = graphs_for(backend, precision, model, device, exports.get(precision), args.threads)
                 for res, video in videos.items():
                     for frames in args.frames:
                         clip = Path(tmp) / f"{res}_{frames}.mp4"
@@ -91,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              args.repeats, args.warmup)
                         r = result_from_timings(backend, precision, device, model.cfg, res, frames, e2e, stages,
                                                 host, gpu, args.repeats, args.warmup)
+                        if backend in EXPORTED_BACKENDS:
+                            r.extra["export"] = exports[precision]
                         results.append(r)
                         print(f"{args.config} {backend} {precision} {device} {res} {frames} frames: "
                               f"{r.fps['end_to_end']:.2f} fps end to end, detector {r.fps.get('detector', 0):.2f} fps, "

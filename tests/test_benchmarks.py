@@ -6,7 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from test_export import exported
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench  # noqa: E402
 
 
 def test_bench_quick_run_is_consistent(tmp_path):
@@ -37,6 +43,34 @@ def test_bench_kernels_quick_run(tmp_path):
                            "--frames", "1", "--repeats", "1", "--warmup", "0", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    data = json.loads(out.with_suffix(".json").read_text())
+    rows = data["rows"]
     assert {r["implementation"] for r in rows} == {"reference (grid_sample)", "native (Gather)"}
     assert all(r["rel_err_vs_fp64"] < 1e-5 and r["median_ms"] > 0 for r in rows)
+    assert data["peak_gbps"] > 0 and data["peak_gbps_source"].startswith("measured")
+    for r in rows:  # share of the bandwidth floor: bytes that must move / bandwidth, over the time taken
+        assert abs(r["pct_of_floor"] - 100 * r["gbps"] / data["peak_gbps"]) < 1e-9
+        assert f"| {r['median_ms']:.2f} | {r['gbps']:.2f} | {r['pct_of_floor']:.2f} |" in \
+            out.with_suffix(".md").read_text()
+
+
+def test_exported_backends_run_the_export_of_each_precision(tmp_path):
+    fp32, fp16 = exported("tiny"), exported("tiny", precision="fp16")
+    out = tmp_path / "ort"
+    assert bench.main(["--config", "tiny", "--backend", "onnxruntime", "--precision", "fp32", "fp16", "--export",
+                       str(fp16), str(fp32), "--frames", "3", "--resolution", "240p", "--repeats", "1",
+                       "--warmup", "0", "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert {(r["precision"], r["extra"]["export"]) for r in rows} == {("fp32", str(fp32)), ("fp16", str(fp16))}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "onnxruntime", "--precision", "fp16"], "needs an fp16 export"),
+    (["--backend", "torch", "--precision", "fp16", "--device", "cpu"], "would run in fp32"),
+    (["--backend", "onnxruntime", "--config", "r50"], "holds the 'tiny' model"),
+])
+def test_runs_that_would_be_mislabelled_are_refused(args, message, tmp_path):
+    argv = ["--export", str(exported("tiny")), "--out", str(tmp_path / "x"), *args]
+    with pytest.raises(SystemExit, match=message):
+        bench.main(argv if "--config" in args else ["--config", "tiny", *argv])
+    assert not list(tmp_path.iterdir())  # refused before anything ran or was written

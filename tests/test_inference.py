@@ -117,6 +117,9 @@ def test_infer_cli_clear_errors(tmp_path, capsys):
     bad.write_bytes(b"not a video at all")
     assert infer.main([str(bad), "--config", "tiny"]) == 2
     assert "cannot decode" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # fp16 autocast is CUDA-only: refused rather than run in fp32 silently
+        infer.main([str(bad), "--config", "tiny", "--device", "cpu", "--amp"])
+    assert e.value.code == 2 and "--amp is fp16 autocast" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("host_mb,dtype", [(None, torch.float32), (0.0, torch.float32), (0.05, torch.float16)])

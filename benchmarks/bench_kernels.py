@@ -6,7 +6,8 @@ Shapes: 360x640 frames padded to 384x640 give levels 12x20, 24x40, 48x80 (S = Lq
 32 channels, 4 points); the issue's NVIDIA figures use 360x640 unpadded (45x80, 23x40, 12x20, S = 4760).
 For each implementation and precision: median time of repeated runs after warm-up (CUDA events on the GPU),
 achieved bandwidth (bytes that must move at least once: value, locations, weights, output), the share of the
-memory-bandwidth floor (if --peak-gbps is given), and the relative error against a float64 reference
+memory-bandwidth floor (against --peak-gbps, or else the bandwidth of a large tensor copy measured on the device
+at the start of the run), and the relative error against a float64 reference
 (max |out - ref| / max |ref|), and for fp16 also against the exact computation on the fp16-rounded inputs.
 """
 from __future__ import annotations
@@ -63,6 +64,14 @@ def time_it(fn, device: torch.device, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def copy_bandwidth_gbps(device: torch.device, mib: int = 512, repeats: int = 5) -> float:
+    """Achievable memory bandwidth: bytes read + written per second by `dst.copy_(src)` of `mib` MiB (median)."""
+    src = torch.ones(mib * 2**18, device=device)  # float32: 2**18 per MiB
+    dst = torch.empty_like(src)
+    seconds = time_it(lambda: dst.copy_(src), device, repeats, warmup=1)
+    return 2 * src.numel() * 4 / seconds / 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -71,11 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default="360x640 (NVIDIA's)", choices=sorted(SHAPES))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--peak-gbps", type=float, help="memory bandwidth of the device, for the %% of floor column")
+    p.add_argument("--peak-gbps", type=float,
+                   help="memory bandwidth of the device for the %% of floor column (default: a measured tensor copy)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default="benchmarks/results/kernels")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     shapes = SHAPES[a.shapes]
+    peak_source = "given (--peak-gbps)" if a.peak_gbps else "measured: 512 MiB tensor copy, read + write"
+    peak_gbps = a.peak_gbps or copy_bandwidth_gbps(device)
+    print(f"memory bandwidth {peak_gbps:.1f} GB/s ({peak_source})", flush=True)
     rows = []
     for n in a.frames:
         value, locations, weights = make_inputs(n, shapes)
@@ -99,19 +115,24 @@ def main(argv: list[str] | None = None) -> int:
                        "rel_err_vs_fp64": ((out64 - ref64).abs().max() / ref64.abs().max()).item(),
                        "rel_err_vs_exact_on_rounded_inputs": ((out64 - exact_rounded).abs().max()
                                                               / exact_rounded.abs().max()).item()}
-                if a.peak_gbps:
-                    row["pct_of_floor"] = 100 * row["gbps"] / a.peak_gbps
+                row["pct_of_floor"] = 100 * row["gbps"] / peak_gbps  # = floor time (bytes / peak) / time
                 rows.append(row)
                 print(f"N={n:2d} {precision} {impl:24s} {row['median_ms']:9.2f} ms  {row['gbps']:7.2f} GB/s  "
-                      f"rel err {row['rel_err_vs_fp64']:.1e}", flush=True)
+                      f"{row['pct_of_floor']:5.1f} % of floor  rel err {row['rel_err_vs_fp64']:.1e}", flush=True)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"environment": environment(argv), "shapes": shapes,
-                                                    "rows": rows}, indent=2))
+    env = environment(argv)
+    out.with_suffix(".json").write_text(json.dumps({"environment": env, "shapes": shapes, "peak_gbps": peak_gbps,
+                                                    "peak_gbps_source": peak_source, "rows": rows}, indent=2))
     lines = [f"# Deformable attention, {a.shapes}, 8 heads x 32 channels, 4 points, device {device}\n",
-             "| N | precision | implementation | median ms | GB/s | rel err vs fp64 |", "| --- | --- | --- | --- | --- | --- |"]
+             f"Machine: {env.get('gpu', env['processor'])}, {env['cpu_count']} CPU cores, torch {env['torch']} "
+             f"({env['torch_threads']} threads), {env['date']}. Memory bandwidth {peak_gbps:.1f} GB/s ({peak_source}); "
+             "% of floor = (bytes that must move / bandwidth) / time.  ",
+             f"Command: `{env['command']}`\n",
+             "| N | precision | implementation | median ms | GB/s | % of floor | rel err vs fp64 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['frames']} | {r['precision']} | {r['implementation']} | {r['median_ms']:.2f} | {r['gbps']:.2f} | "
-              f"{r['rel_err_vs_fp64']:.1e} |" for r in rows]
+              f"{r['pct_of_floor']:.2f} | {r['rel_err_vs_fp64']:.1e} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}")
     return 0

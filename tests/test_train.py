@@ -41,6 +41,7 @@ def test_loss_goes_down_and_outputs_are_written(data, tmp_path):
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
     model, ckpt = load_checkpoint(tmp_path / "run" / "model_final.pth")
     assert ckpt["iteration"] == 30 and model.cfg.class_names[:2] == ("circle", "square")
+    assert "optimizer" not in ckpt and "optimizer" in torch.load(tmp_path / "run" / "last.pth", weights_only=True)
 
 
 def test_resume_continues_from_the_checkpoint(data, tmp_path):

@@ -143,9 +143,10 @@ class Trainer:
         self.history: list[dict] = []
 
     # -- checkpoints -----------------------------------------------------------------------------------------
-    def save(self, name: str) -> Path:
-        return save_checkpoint(self.out / name, self.model, iteration=self.iteration,
-                               optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+    def save(self, name: str, training_state: bool = True) -> Path:
+        """Weights, config and iteration; with `training_state` also optimizer and scaler (for --resume)."""
+        state = dict(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict()) if training_state else {}
+        return save_checkpoint(self.out / name, self.model, iteration=self.iteration, **state,
                                train_config={k: list(v) if isinstance(v, tuple) else v
                                              for k, v in asdict(self.cfg).items()})
 
@@ -224,7 +225,7 @@ class Trainer:
         bar.close()
         if main:
             self.save("last.pth")
-            self.save("model_final.pth")
+            self.save("model_final.pth", training_state=False)  # weights only: a third of last.pth
             if cfg.eval_every:
                 last_metrics = self.evaluate()
             plot_losses(self.history, self.out / "loss_curve.png")  # after the final evaluation, so it is drawn

@@ -51,20 +51,28 @@ def exports_by_precision(export_dirs: list[str], config: str) -> dict[str, str]:
     return exports
 
 
-def check_runs(backends: list[str], precisions: list[str], device: torch.device, exports: dict[str, str],
-               config: str) -> None:
-    """Refuse, before anything runs, a combination that would run something other than its label says."""
+def plan_runs(backends: list[str], precisions: list[str], device: torch.device, exports: dict[str, str],
+              config: str) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(backend, precision) pairs to run, and those that cannot run as labelled on this device, with the reason.
+
+    Nothing runs under a label it does not match: eager fp16 is CUDA autocast, so on the CPU it is listed as not
+    run; an exported backend without an export of the precision asked for is refused before anything runs.
+    """
+    runs, not_run = [], []
     for backend in backends:
         for precision in precisions:
             if backend in ("torch", "torch-compile") and precision == "fp16" and device.type != "cuda":
-                raise SystemExit(f"--backend {backend} --precision fp16 is CUDA autocast: on {device.type} the model "
-                                 "would run in fp32. Use --device cuda, or time the fp16 ONNX graph with "
-                                 "--backend onnxruntime and an fp16 export.")
+                not_run.append({"backend": backend, "precision": precision, "device": str(device),
+                                "reason": f"fp16 for eager PyTorch is CUDA autocast; on {device.type} the model "
+                                          "would run in fp32 (the fp16 ONNX graph in ONNX Runtime runs on the CPU)"})
+                continue
             if backend in EXPORTED_BACKENDS and precision not in exports:
                 have = ", ".join(f"{p} ({d})" for p, d in exports.items()) or "none"
                 raise SystemExit(f"--backend {backend} --precision {precision} needs an {precision} export "
                                  f"(--export has: {have}). Make one with `python export/to_onnx.py --config {config} "
                                  f"--deform-attn native --precision {precision} --out-dir DIR` and add DIR to --export.")
+            runs.append((backend, precision))
+    return runs, not_run
 
 
 def graphs_for(backend: str, precision: str, model, device: torch.device, export_dir: str | None,
@@ -108,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     exports = exports_by_precision(args.export, args.config)
-    check_runs(args.backend, args.precision, device, exports, args.config)
+    runs, not_run = plan_runs(args.backend, args.precision, device, exports, args.config)
+    for skip in not_run:
+        print(f"not run: {skip['backend']} {skip['precision']} on {skip['device']}: {skip['reason']}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = environment(argv)
@@ -119,32 +129,31 @@ def main(argv: list[str] | None = None) -> int:
             h, w = RESOLUTIONS[res]
             n = max(args.frames + (args.memory_study or []))
             videos[res] = make_benchmark_video(Path(tmp) / f"{res}.mp4", n, h, w)
-        for backend in args.backend:
-            for precision in args.precision:
-                model = load_model(args.checkpoint, args.config).to(device)
-                detector, vita = graphs_for(backend, precision, model, device, exports.get(precision), args.threads)
-                for res, video in videos.items():
-                    for frames in args.frames:
-                        clip = Path(tmp) / f"{res}_{frames}.mp4"
-                        if not clip.exists():
-                            make_benchmark_video(clip, frames, *RESOLUTIONS[res])
-                        e2e, stages, host, gpu = bench_video(clip, detector, vita, model.cfg, device,
-                                                             args.repeats, args.warmup)
-                        r = result_from_timings(backend, precision, device, model.cfg, res, frames, e2e, stages,
-                                                host, gpu, args.repeats, args.warmup)
-                        if backend in EXPORTED_BACKENDS:
-                            r.extra["export"] = exports[precision]
-                        results.append(r)
-                        print(f"{args.config} {backend} {precision} {device} {res} {frames} frames: "
-                              f"{r.fps['end_to_end']:.2f} fps end to end, detector {r.fps.get('detector', 0):.2f} fps, "
-                              f"host peak {host:.0f} MB" + (f", GPU peak {gpu:.0f} MB" if gpu else ""), flush=True)
+        for backend, precision in runs:
+            model = load_model(args.checkpoint, args.config).to(device)
+            detector, vita = graphs_for(backend, precision, model, device, exports.get(precision), args.threads)
+            for res, video in videos.items():
+                for frames in args.frames:
+                    clip = Path(tmp) / f"{res}_{frames}.mp4"
+                    if not clip.exists():
+                        make_benchmark_video(clip, frames, *RESOLUTIONS[res])
+                    e2e, stages, host, gpu = bench_video(clip, detector, vita, model.cfg, device,
+                                                         args.repeats, args.warmup)
+                    r = result_from_timings(backend, precision, device, model.cfg, res, frames, e2e, stages,
+                                            host, gpu, args.repeats, args.warmup)
+                    if backend in EXPORTED_BACKENDS:
+                        r.extra["export"] = exports[precision]
+                    results.append(r)
+                    print(f"{args.config} {backend} {precision} {device} {res} {frames} frames: "
+                          f"{r.fps['end_to_end']:.2f} fps end to end, detector {r.fps.get('detector', 0):.2f} fps, "
+                          f"host peak {host:.0f} MB" + (f", GPU peak {gpu:.0f} MB" if gpu else ""), flush=True)
         if args.memory_study:
             from vita_deploy.benchmark import memory_study
             memory = memory_study(args.config, args.checkpoint, device, Path(tmp), args.resolution[0],
                                   args.memory_study, out)
-    write_json(results, out.with_suffix(".json"), env, {"memory_study": memory} if memory else None)
+    write_json(results, out.with_suffix(".json"), env, {"memory_study": memory, "not_run": not_run})
     if results:
-        write_markdown(results, out.with_suffix(".md"), env, memory)
+        write_markdown(results, out.with_suffix(".md"), env, memory, not_run)
         plot_fps(results, out.with_name(out.name + "_fps.png"))
     print(f"wrote {out.with_suffix('.json')}" + (f", {out.with_suffix('.md')}" if results else ""))
     return 0

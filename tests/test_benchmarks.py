@@ -64,9 +64,20 @@ def test_exported_backends_run_the_export_of_each_precision(tmp_path):
     assert {(r["precision"], r["extra"]["export"]) for r in rows} == {("fp32", str(fp32)), ("fp16", str(fp16))}
 
 
+def test_eager_fp16_on_the_cpu_is_listed_as_not_run(tmp_path):
+    out = tmp_path / "eager"
+    assert bench.main(["--config", "tiny", "--backend", "torch", "--precision", "fp32", "fp16", "--device", "cpu",
+                       "--frames", "3", "--resolution", "240p", "--repeats", "1", "--warmup", "0",
+                       "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["precision"] for r in data["results"]] == ["fp32"]  # CPU autocast is off: fp16 would be fp32
+    (skip,) = data["not_run"]
+    assert (skip["backend"], skip["precision"]) == ("torch", "fp16") and "CUDA autocast" in skip["reason"]
+    assert f"Not run: torch fp16 on cpu: {skip['reason']}." in out.with_suffix(".md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--backend", "onnxruntime", "--precision", "fp16"], "needs an fp16 export"),
-    (["--backend", "torch", "--precision", "fp16", "--device", "cpu"], "would run in fp32"),
     (["--backend", "onnxruntime", "--config", "r50"], "holds the 'tiny' model"),
 ])
 def test_runs_that_would_be_mislabelled_are_refused(args, message, tmp_path):

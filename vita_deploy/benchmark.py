@@ -115,14 +115,26 @@ def bench_video(video: Path, detector: DetectorFn, vita: VitaFn, cfg: ModelConfi
     return e2e, stages, host_peak, gpu_peak
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(argv: list[str] | None = None) -> dict:
     """Machine, accelerator, library versions and the exact command."""
     env = {
         "command": " ".join([Path(sys.executable).name, *(argv if argv is not None else sys.argv)]),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "ram_gib": round(_total_ram_mb() / 1024, 1),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -157,9 +169,12 @@ def result_from_timings(backend: str, precision: str, device: torch.device, cfg:
                      fps, host_peak, gpu_peak, repeats, warmup)
 
 
-def write_markdown(results: list[RunResult], path: Path, env: dict, memory: list[dict] | None = None) -> None:
-    """One table row per run; with `memory` (rows of `memory_study`) a second table: peak memory vs video length."""
+def write_markdown(results: list[RunResult], path: Path, env: dict, memory: list[dict] | None = None,
+                   not_run: list[dict] | None = None) -> None:
+    """One table row per run, then the runs asked for that cannot run here and why; with `memory` (rows of
+    `memory_study`) a second table: peak memory vs video length."""
     lines = [f"# Benchmark results\n", f"Machine: {env.get('gpu', env['processor'])}, {env['cpu_count']} CPU cores, "
+             f"{env.get('ram_gib', '?')} GiB RAM, "
              f"torch {env['torch']} ({env['torch_threads']} threads), {env['date']}.  ",
              f"Command: `{env['command']}`\n",
              "| config | backend | precision | device | resolution | frames | end-to-end fps | e2e median s (p90) "
@@ -171,6 +186,8 @@ def write_markdown(results: list[RunResult], path: Path, env: dict, memory: list
         lines.append(f"| {r.config} | {r.backend} | {r.precision} | {r.device} | {r.resolution} | {r.frames} | "
                      f"{r.fps['end_to_end']:.2f} | {r.end_to_end_s['median']:.2f} ({r.end_to_end_s['p90']:.2f}) | "
                      + " | ".join(st) + f" | {r.host_peak_mb:.0f} | {gpu} |")
+    for skip in not_run or []:
+        lines.append(f"\nNot run: {skip['backend']} {skip['precision']} on {skip['device']}: {skip['reason']}.")
     if memory:
         lines += ["", "Peak memory against video length (streaming: chunked detector, mask features in the "
                   "FeatureStore; naive: all frames at once):", "",

@@ -7,8 +7,9 @@
         --export exports/r50_native exports/r50_native_fp16
 
 Each precision of an exported backend (onnxruntime, tensorrt) runs the export of that precision (read from its
-manifest.json), so pass one --export directory per precision. fp16 for eager PyTorch is CUDA autocast, so it
-needs --device cuda: on the CPU the run would be fp32 under an fp16 label, and it is refused.
+manifest.json), so pass one --export directory per precision. fp16 for eager PyTorch is CUDA autocast: on the CPU
+the model would run in fp32, so that run is listed as not run (with the reason) instead of measured under an fp16
+label.
 
 Writes NAME.json (results, machine, versions, the exact command), NAME.md (a table) and PNG plots.
 End-to-end time includes mp4 decoding, pre-processing, both graphs, top-k, mask upsampling and RLE encoding.
@@ -124,17 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(argv)
     results, memory = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        videos = {}
-        for res in args.resolution:
-            h, w = RESOLUTIONS[res]
-            n = max(args.frames + (args.memory_study or []))
-            videos[res] = make_benchmark_video(Path(tmp) / f"{res}.mp4", n, h, w)
         for backend, precision in runs:
             model = load_model(args.checkpoint, args.config).to(device)
             detector, vita = graphs_for(backend, precision, model, device, exports.get(precision), args.threads)
-            for res, video in videos.items():
+            for res in args.resolution:
                 for frames in args.frames:
-                    clip = Path(tmp) / f"{res}_{frames}.mp4"
+                    clip = Path(tmp) / f"{res}_{frames}.mp4"  # written once, decoded by every run
                     if not clip.exists():
                         make_benchmark_video(clip, frames, *RESOLUTIONS[res])
                     e2e, stages, host, gpu = bench_video(clip, detector, vita, model.cfg, device,

@@ -117,9 +117,21 @@ def test_infer_cli_clear_errors(tmp_path, capsys):
     bad.write_bytes(b"not a video at all")
     assert infer.main([str(bad), "--config", "tiny"]) == 2
     assert "cannot decode" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:  # fp16 autocast is CUDA-only: refused rather than run in fp32 silently
-        infer.main([str(bad), "--config", "tiny", "--device", "cpu", "--amp"])
+    with pytest.raises(SystemExit) as e:  # amp does not apply to an export's graphs
+        infer.main([str(bad), "--backend", "onnxruntime", "--export", str(tmp_path), "--amp"])
     assert e.value.code == 2 and "--amp is fp16 autocast" in capsys.readouterr().err
+
+
+def test_amp_off_cuda_is_refused_not_run_in_fp32(tmp_path, tiny, capsys):
+    with pytest.raises(ValueError, match="CUDA only"):
+        eager_graphs(tiny, amp=True)[0](torch.zeros(1, 3, 64, 64))
+    from vita_deploy import infer
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "00000.png"), np.zeros((64, 96, 3), np.uint8))
+    assert infer.main([str(folder), "--config", "tiny", "--device", "cpu", "--amp",
+                       "--json", str(tmp_path / "r.json")]) == 2
+    assert "CUDA only" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
 
 
 @pytest.mark.parametrize("host_mb,dtype", [(None, torch.float32), (0.0, torch.float32), (0.05, torch.float16)])

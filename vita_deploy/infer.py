@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="eager PyTorch, or the ONNX files / engines of --export")
     parser.add_argument("--export", help="export folder (manifest.json) for --backend onnxruntime/tensorrt")
     args = parser.parse_args(argv)
-    if args.amp and (args.backend != "torch" or not args.device.startswith("cuda")):
-        parser.error("--amp is fp16 autocast of the eager model on CUDA: it needs --backend torch --device cuda "
-                     "(an export runs at the precision it was exported with)")
+    if args.amp and args.backend != "torch":
+        parser.error("--amp is fp16 autocast of the eager model (--backend torch --device cuda); an export runs at "
+                     "the precision it was exported with")
     try:
         model = load_model(args.checkpoint, args.config) if args.backend == "torch" else None
         pred = infer_file(args.video, model, args.device, args.amp, backend=args.backend, export=args.export)

@@ -175,9 +175,15 @@ def run_video(
 
 
 def eager_graphs(model: torch.nn.Module, amp: bool = False) -> tuple[DetectorFn, VitaFn]:
-    """The eager PyTorch model as the two graph callables (fp16 autocast on CUDA when amp=True)."""
+    """The eager PyTorch model as the two graph callables (fp16 autocast on CUDA when amp=True).
+
+    amp=True on another device raises instead of running fp32 silently: autocast is used on CUDA only.
+    """
     def autocast(x: torch.Tensor):
-        return torch.autocast(x.device.type, dtype=torch.float16, enabled=amp and x.device.type == "cuda")
+        if amp and x.device.type != "cuda":
+            raise ValueError(f"fp16 autocast (amp) runs on CUDA only; these inputs are on {x.device.type}, where the "
+                             "model would run in fp32: drop amp or use a CUDA device")
+        return torch.autocast(x.device.type, dtype=torch.float16, enabled=amp)
 
     def detector(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(images):

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vita_deploy.config import canonical_config_name, config_names  # noqa: E402
 from vita_deploy.benchmark import (RESOLUTIONS, bench_video, environment, make_benchmark_video, plot_fps,  # noqa: E402
                                    result_from_timings, write_json, write_markdown)
 from vita_deploy.export.onnx_export import ExportError, load_manifest  # noqa: E402
@@ -96,7 +97,7 @@ def graphs_for(backend: str, precision: str, model, device: torch.device, export
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="tiny", choices=["tiny", "r50"])
+    p.add_argument("--config", default="tiny", choices=config_names(), type=canonical_config_name)
     p.add_argument("--checkpoint", help="weights (default: shipped tiny checkpoint, or random for r50)")
     p.add_argument("--backend", nargs="+", default=["torch"],
                    choices=["torch", "torch-compile", "onnxruntime", "tensorrt"])

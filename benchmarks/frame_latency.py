@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vita_deploy.config import get_config  # noqa: E402
+from vita_deploy.config import canonical_config_name, config_names, get_config  # noqa: E402
 from vita_deploy.modeling.model import build_model  # noqa: E402
 from vita_deploy.preprocess import padded_size, shortest_edge_size  # noqa: E402
 
@@ -34,7 +34,8 @@ def median_ms(fn, repeats: int, warmup: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--configs", nargs="+", default=["tiny", "r50"])
+    p.add_argument("--configs", nargs="+", default=["tiny", "r50-ytvis19"], choices=config_names(),
+                   type=canonical_config_name)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--frames", type=int, default=36, help="T for the VITA head")
     p.add_argument("--repeats", type=int, default=5)

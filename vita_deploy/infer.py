@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vita_deploy.config import get_config
+from vita_deploy.config import canonical_config_name, config_names, get_config
 from vita_deploy.inference import VideoPrediction, eager_graphs, run_video
 from vita_deploy.modeling.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from vita_deploy.modeling.model import VitaModel, build_model
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", help="mp4 file or folder of frames")
     parser.add_argument("--checkpoint", help="our .pth or an official VITA model_final.pth")
-    parser.add_argument("--config", choices=["tiny", "r50"], help="config for official/random weights")
+    parser.add_argument("--config", choices=config_names(), type=canonical_config_name, help="config for official/random weights")
     parser.add_argument("--json", default="results.json", help="YouTube-VIS result JSON to write")
     parser.add_argument("--out", help="rendered mp4 to write (masks, classes, scores) at the source frame rate")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="instances shown in --out")

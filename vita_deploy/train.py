@@ -11,6 +11,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from vita_deploy.config import canonical_config_name, config_names
 from vita_deploy.data.ytvis_json import YTVISFormatError
 from vita_deploy.modeling.checkpoint import CheckpointError
 from vita_deploy.training.trainer import Trainer, TrainConfig
@@ -21,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="YouTube-VIS folder with train.json and train/JPEGImages")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, loss_curve.png")
-    p.add_argument("--config", default=defaults["config"], choices=["tiny", "r50"])
+    p.add_argument("--config", default=defaults["config"], choices=config_names(), type=canonical_config_name)
     g = p.add_argument_group("schedule")
     g.add_argument("--iters", type=int, default=defaults["iters"])
     g.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="clips per process")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vita_deploy.config import canonical_config_name, config_names
 from vita_deploy.export.onnx_export import ExportError, ExportOptions, export_model
 from vita_deploy.modeling.checkpoint import CheckpointError
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export/to_onnx.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     # model
-    p.add_argument("--config", choices=["tiny", "r50"], default="tiny", help="model config")
+    p.add_argument("--config", choices=config_names(), type=canonical_config_name, default="tiny", help="model config")
     p.add_argument("--checkpoint", help="our .pth or an official VITA model_final.pth (default: shipped tiny "
                                         "checkpoint for tiny, random weights otherwise)")
     # output

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vita_deploy.config import ModelConfig
+from vita_deploy.config import ModelConfig, SwinConfig
 from vita_deploy.modeling.backbone import build_backbone
 from vita_deploy.modeling.frame_decoder import build_frame_decoder
 from vita_deploy.modeling.pixel_decoder import build_pixel_decoder, c2_xavier_fill
+from vita_deploy.modeling.swin import SwinTransformer
 from vita_deploy.modeling.vita_head import VitaHead, VitaHeadTrainOutput, build_vita_head
 
 
@@ -40,7 +41,9 @@ class FrameDetector(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.num_last_layers = cfg.frame_decoder.num_last_layers
-        self.backbone = build_backbone(cfg.backbone)
+        # ResNet-50/101 (detectron2) or Swin (Mask2Former's D2SwinTransformer), as the config says.
+        self.backbone = (SwinTransformer(cfg.backbone) if isinstance(cfg.backbone, SwinConfig)
+                         else build_backbone(cfg.backbone))
         self.pixel_decoder = build_pixel_decoder(cfg.pixel_decoder, cfg.backbone.out_channels)
         self.predictor = build_frame_decoder(cfg.frame_decoder, cfg.num_classes, cfg.pixel_decoder.mask_dim)
         # `vita_module.vita_mask_features` in the official checkpoint; applied to the stride-4 FPN map.

@@ -29,7 +29,7 @@ from vita_deploy.config import canonical_config_name, config_names  # noqa: E402
 from vita_deploy.benchmark import (RESOLUTIONS, bench_video, environment, make_benchmark_video, plot_fps,  # noqa: E402
                                    result_from_timings, write_json, write_markdown)
 from vita_deploy.export.onnx_export import ExportError, load_manifest  # noqa: E402
-from vita_deploy.infer import load_model  # noqa: E402
+from vita_deploy.loading import load_model  # noqa: E402
 from vita_deploy.inference import eager_graphs  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def graphs_for(backend: str, precision: str, model, device: torch.device, export
         model.vita_head = torch.compile(model.vita_head, dynamic=True)
         return eager_graphs(model, amp=precision == "fp16")
     if backend == "onnxruntime":
-        from vita_deploy.export.ort import ort_graphs
+        from vita_deploy.runtime.ort_export import ort_graphs
         return ort_graphs(export_dir, device=device, threads=threads)
     if backend == "tensorrt":
         from vita_deploy.runtime import tensorrt_graphs

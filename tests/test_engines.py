@@ -22,7 +22,7 @@ from vita_deploy.engines import (Backend, BuildInputError, BuildOptions, Manifes
                                  load_backend, parse_mem_pool_size, parse_shape_spec, sidecar_path)
 from vita_deploy.engines.backend import visible_gpu_compute_capability
 from vita_deploy.engines.builder import MSDA_PLUGIN
-from vita_deploy.modeling.checkpoint import file_sha256
+from vita_deploy.files import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 MSDA = MSDA_PLUGIN

@@ -23,10 +23,11 @@ from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from vita_deploy.config import get_config
-from vita_deploy.export import ExportError, ExportOptions, export_model, load_manifest, ort_engine, ort_graphs
+from vita_deploy.export import ExportError, ExportOptions, export_model, load_manifest
+from vita_deploy.runtime.ort_export import ort_engine, ort_graphs
 from vita_deploy.export.cli import main as cli_main
 from vita_deploy.export.plugin import PLUGIN_OP, with_plugin_function
-from vita_deploy.infer import DEFAULT_CHECKPOINT, load_model
+from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
 from vita_deploy.inference import eager_graphs, run_video
 from vita_deploy.modeling.checkpoint import load_checkpoint, save_checkpoint
 from vita_deploy.modeling.model import build_model

@@ -253,7 +253,7 @@ def memory_study(config: str, checkpoint: str | None, device: torch.device, tmp:
     """
     import dataclasses
 
-    from vita_deploy.infer import load_model
+    from vita_deploy.loading import load_model
     from vita_deploy.inference import eager_graphs
 
     model = load_model(checkpoint, config).to(device)

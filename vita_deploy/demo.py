@@ -16,9 +16,9 @@ import torch
 from vita_deploy.data.synthetic import generate_split
 from vita_deploy.data.ytvis_json import load_ytvis_json
 from vita_deploy.evaluation import evaluate_ytvis
-from vita_deploy.infer import DEFAULT_CHECKPOINT, load_model
+from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
 from vita_deploy.inference import eager_graphs, run_video
-from vita_deploy.modeling.checkpoint import atomic_write
+from vita_deploy.files import atomic_write
 from vita_deploy.render import render_video
 from vita_deploy.video_io import read_image
 

@@ -15,25 +15,12 @@ import torch
 
 from vita_deploy.config import canonical_config_name, config_names, get_config
 from vita_deploy.inference import VideoPrediction, eager_graphs, run_video
-from vita_deploy.modeling.checkpoint import CheckpointError, atomic_write, load_checkpoint
-from vita_deploy.modeling.model import VitaModel, build_model
+from vita_deploy.files import atomic_write
+from vita_deploy.loading import load_model
+from vita_deploy.modeling.checkpoint import CheckpointError
+from vita_deploy.modeling.model import VitaModel
 from vita_deploy.render import render_video
 from vita_deploy.video_io import VideoReadError, open_video
-
-DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "vita_tiny_synthetic.pth"
-
-
-def load_model(checkpoint: str | Path | None, config: str | None) -> VitaModel:
-    """Our checkpoint (config inside), an official one (`config`, default r50), or the shipped tiny one."""
-    if checkpoint is None and config in (None, "tiny") and DEFAULT_CHECKPOINT.is_file():
-        checkpoint = DEFAULT_CHECKPOINT
-    if checkpoint is None:
-        name = config or "tiny"
-        print(f"warning: no checkpoint given: running the '{name}' model with RANDOM weights", file=sys.stderr)
-        torch.manual_seed(0)
-        return build_model(get_config(name)).eval()
-    return load_checkpoint(checkpoint, get_config(config) if config else None)[0]
-
 
 def backend_graphs(backend: str, export: str | None, device: str):
     """(DetectorFn, VitaFn, ModelConfig) of an export on ONNX Runtime or TensorRT."""
@@ -44,7 +31,7 @@ def backend_graphs(backend: str, export: str | None, device: str):
         raise ValueError(f"--backend {backend} needs --export DIR (from `python export/to_onnx.py`)")
     cfg = ModelConfig.from_dict(load_manifest(export)["config"])
     if backend == "onnxruntime":
-        from vita_deploy.export.ort import ort_graphs
+        from vita_deploy.runtime.ort_export import ort_graphs
         return (*ort_graphs(export, device=device), cfg)
     from vita_deploy.runtime import tensorrt_graphs
     return (*tensorrt_graphs(export, device=device), cfg)

@@ -23,7 +23,8 @@ from scipy.optimize import linear_sum_assignment
 from vita_deploy.evaluation.ytvis_eval import evaluate_ytvis, video_iou
 from vita_deploy.export.onnx_export import ExportError, load_manifest
 from vita_deploy.inference import VideoPrediction, eager_graphs, run_video
-from vita_deploy.modeling.checkpoint import CheckpointError, file_sha256
+from vita_deploy.files import file_sha256
+from vita_deploy.modeling.checkpoint import CheckpointError
 from vita_deploy.runtime.base import RuntimeMismatchError
 
 THRESHOLDS = {"fp32": {"tensor_rel": 1e-4, "mask_iou": 0.99, "delta_ap": 0.1},
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report", help="write the parity report as JSON here")
     a = p.parse_args(argv)
-    from vita_deploy.infer import DEFAULT_CHECKPOINT, load_model
+    from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
     from vita_deploy.video_io import read_image
 
     try:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(checkpoint if Path(checkpoint).is_file() else None, manifest["config"]["name"])
         model = model.to(a.device)
         if a.backend == "onnxruntime":
-            from vita_deploy.export.ort import ort_engine
+            from vita_deploy.runtime.ort_export import ort_engine
             from vita_deploy.runtime.base import graphs_from_engines
             engines = {g: ort_engine(a.export, g, a.device) for g in ("frame_detector", "vita_head")}
             backend = graphs_from_engines(engines["frame_detector"], engines["vita_head"])

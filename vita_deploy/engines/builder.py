@@ -20,7 +20,7 @@ from vita_deploy.engines.backend import Backend, load_backend
 from vita_deploy.engines.errors import (BuildInputError, EngineBuildError, OnnxParseError, ParserMessage,
                                         PluginMissingError)
 from vita_deploy.engines.shapes import ShapeRange, resolve_profile
-from vita_deploy.modeling.checkpoint import atomic_write, file_sha256
+from vita_deploy.files import atomic_write, file_sha256
 
 log = logging.getLogger("vita_deploy.engines")
 SIDECAR_FORMAT, SIDECAR_VERSION = "vita-deploy-engine", 1

@@ -25,7 +25,7 @@ from vita_deploy.engines.builder import MSDA_PLUGIN, BuildOptions, build_engine
 from vita_deploy.engines.errors import ManifestError, PluginMissingError
 from vita_deploy.engines.shapes import ShapeRange
 from vita_deploy.export.onnx_export import ExportError, load_manifest
-from vita_deploy.modeling.checkpoint import file_sha256
+from vita_deploy.files import file_sha256
 
 log = logging.getLogger("vita_deploy.engines")
 

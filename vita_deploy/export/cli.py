@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         options = ExportOptions(a.deform_attn, a.precision, a.max_frames, a.height, a.width, a.max_batch)
-        from vita_deploy.infer import DEFAULT_CHECKPOINT, load_model
+        from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
 
         checkpoint = a.checkpoint
         if checkpoint is None and a.config == "tiny" and DEFAULT_CHECKPOINT.is_file():

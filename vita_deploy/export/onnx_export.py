@@ -35,7 +35,7 @@ from torch.export import Dim
 
 from vita_deploy.export.plugin import PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION, annotate_plugin_outputs, \
     plugin_translation
-from vita_deploy.modeling.checkpoint import atomic_write, file_sha256
+from vita_deploy.files import atomic_write, file_sha256
 from vita_deploy.modeling.model import VitaModel
 from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
 from vita_deploy.preprocess import padded_size

@@ -6,15 +6,13 @@ weights `backbone.*`, `sem_seg_head.pixel_decoder.*`, `sem_seg_head.predictor.*`
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vita_deploy.config import ModelConfig, get_config
+from vita_deploy.files import atomic_write
 from vita_deploy.modeling.model import VitaModel, build_model
 
 FORMAT = "vita-deploy"
@@ -48,32 +46,6 @@ def from_official_key(key: str) -> str | None:
         if key.startswith(theirs):
             return ours + key[len(theirs):]
     return None
-
-
-def atomic_write(path: str | Path, write: Any) -> Path:
-    """Call write(tmp_path) then rename onto `path`, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, model: VitaModel, **extra: Any) -> Path:

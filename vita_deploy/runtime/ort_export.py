@@ -1,4 +1,4 @@
-"""Run an export in ONNX Runtime: the two graphs as `run_video` callables.
+"""An export on ONNX Runtime: its two graphs as `Engine`s and as `run_video` callables.
 
 Plugin-mode graphs run unchanged: a copy of the model gets a local ONNX function with the plugin's name and a
 standard-op body (`plugin.with_plugin_function`), which ONNX Runtime inlines. No custom-op library is needed.

@@ -39,7 +39,7 @@ def test_official_import_round_trip(official_state, r50, tmp_path):
     # detectron2-format file {"model": ...} loads through load_checkpoint with the r50 config.
     path = tmp_path / "model_final.pth"
     torch.save({"model": official_state, "iteration": 1}, path)
-    model, _ = load_checkpoint(path)
+    model, _ = load_checkpoint(path, get_config("r50"))
     torch.testing.assert_close(model.state_dict()["frame_detector.backbone.stem.conv1.weight"],
                                official_state["backbone.stem.conv1.weight"])
 
@@ -75,5 +75,5 @@ def test_corrupt_and_missing_checkpoints(tmp_path):
         load_checkpoint(bad)
     tiny_file = tmp_path / "tiny.pth"
     save_checkpoint(tiny_file, build_model(get_config("tiny")))
-    with pytest.raises(CheckpointError, match="does not match the 'r50' model"):
+    with pytest.raises(CheckpointError, match="does not match the 'r50-ytvis19' model"):
         import_official_state_dict(build_model(get_config("r50")), torch.load(tiny_file)["model"])

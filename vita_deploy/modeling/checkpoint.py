@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vita_deploy.config import ModelConfig, get_config
+from vita_deploy.config import ZOO, ModelConfig, SwinConfig, get_config
 from vita_deploy.files import atomic_write
 from vita_deploy.modeling.model import VitaModel, build_model
 
@@ -72,7 +72,9 @@ def _torch_load(path: Path) -> dict:
 def load_checkpoint(path: str | Path, cfg: ModelConfig | None = None) -> tuple[VitaModel, dict]:
     """Load our checkpoint or an official detectron2 VITA checkpoint -> (model in eval mode, the file's dict).
 
-    Ours carries its config; an official one needs `cfg` (default: r50).
+    Ours carries its config; an official one (`model_final.pth`, state dict at the top or under "model") is
+    loaded as `cfg`, or without `cfg` as the zoo config its keys and shapes identify (YouTube-VIS 2019 and 2021
+    checkpoints of one backbone have the same shapes, so for those `cfg` must say which).
     """
     path = Path(path)
     data = _torch_load(path)
@@ -81,9 +83,63 @@ def load_checkpoint(path: str | Path, cfg: ModelConfig | None = None) -> tuple[V
         load_state_dict_checked(model, data["model"], str(path))
     else:
         state = data.get("model", data)
-        model = build_model(cfg or get_config("r50"))
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: 'model' holds a {type(state).__name__}, not a state dict")
+        if cfg is None:
+            matches = matching_zoo_configs(state)
+            if len(matches) > 1:
+                raise CheckpointError(
+                    f"{path} fits {' and '.join(matches)} (same backbone, class count and shapes; official "
+                    f"checkpoints do not record their dataset): pass --config {' or --config '.join(matches)}")
+            cfg = get_config(matches[0] if matches else "r50-ytvis19")
+        model = build_model(cfg)
         import_official_state_dict(model, state, str(path))
     return model.eval(), data
+
+
+def _shape(state: dict, key: str) -> tuple[int, ...] | None:
+    value = state.get(key)
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _blocks(state: dict, prefix: str, index: int) -> int:
+    """Number of blocks under `prefix` (`<prefix><j>.`): 1 + the largest j at key part `index`."""
+    ids = [int(k.split(".")[index]) for k in state if k.startswith(prefix) and k.split(".")[index].isdigit()]
+    return 1 + max(ids) if ids else 0
+
+
+def official_signature(state: dict) -> tuple | None:
+    """What an official VITA state dict's keys and shapes say about its config: (backbone, classes, frame
+    queries, width), the backbone as ("swin", embed_dim, depths) or ("resnet", stem channels, blocks per stage);
+    None when the keys are not an official VITA model's."""
+    cls = _shape(state, "sem_seg_head.predictor.class_embed.weight")
+    queries = _shape(state, "sem_seg_head.predictor.query_feat.weight")
+    if cls is None or queries is None:
+        return None
+    patch = _shape(state, "backbone.patch_embed.proj.weight")
+    stem = _shape(state, "backbone.stem.conv1.weight")
+    if patch is not None:
+        backbone = ("swin", patch[0], tuple(_blocks(state, f"backbone.layers.{i}.blocks.", 4) for i in range(4)))
+    elif stem is not None:
+        backbone = ("resnet", stem[0], tuple(_blocks(state, f"backbone.res{i + 2}.", 2) for i in range(4)))
+    else:
+        return None
+    return backbone, cls[0] - 1, queries[0], queries[1]
+
+
+def config_signature(cfg: ModelConfig) -> tuple:
+    """`official_signature` of a checkpoint of `cfg`."""
+    b = cfg.backbone
+    backbone = (("swin", b.embed_dim, tuple(b.depths)) if isinstance(b, SwinConfig)
+                else ("resnet", b.stem_channels, tuple(b.blocks_per_stage)))
+    return backbone, cfg.num_classes, cfg.frame_decoder.num_queries, cfg.frame_decoder.hidden_dim
+
+
+def matching_zoo_configs(state: dict) -> list[str]:
+    """Zoo configs (`vita_deploy.config.ZOO`) whose checkpoints have the backbone, class count and widths of
+    the official state dict `state`; e.g. ['swinl-ovis'], or ['r50-ytvis19', 'r50-ytvis21'] (same shapes)."""
+    sig = official_signature(state)
+    return [name for name in ZOO if sig is not None and config_signature(get_config(name)) == sig]
 
 
 def load_state_dict_checked(model: VitaModel, state: dict[str, torch.Tensor], source: str) -> None:
@@ -120,21 +176,32 @@ def import_official_state_dict(model: VitaModel, state: dict[str, torch.Tensor],
     shapes = [f"{to_official_key(k)}: checkpoint {tuple(converted[k].shape)} vs model {tuple(v.shape)}"
               for k, v in expected.items() if k in converted and tuple(converted[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
-        raise CheckpointError(_mismatch_message(source, model.cfg.name, missing, unexpected, shapes))
+        matches = matching_zoo_configs(state)
+        hint = ""
+        if matches and model.cfg.name not in matches:  # a checkpoint of another zoo config: say which
+            hint = (f"this checkpoint is a {matches[0]} checkpoint: pass --config {matches[0]}" if len(matches) == 1
+                    else f"this checkpoint is a {' or '.join(matches)} checkpoint (same shapes): pass "
+                         f"--config {' or --config '.join(matches)}")
+        raise CheckpointError(_mismatch_message(source, model.cfg.name, missing, unexpected, shapes, hint=hint))
     model.load_state_dict({k: v for k, v in converted.items() if k in expected})
     return {"ignored": ignored}
 
 
 def _mismatch_message(source: str, config: str, missing: list[str], unexpected: list[str], shapes: list[str],
-                      limit: int = 20) -> str:
+                      limit: int = 20, hint: str = "") -> str:
     def block(title: str, items: list[str]) -> str:
         if not items:
             return ""
         more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
         return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:limit]) + more
 
+    if hint:
+        return (f"checkpoint {source} does not match the '{config}' model: {hint}"
+                + block("missing keys", missing) + block("unexpected keys", unexpected)
+                + block("shape mismatches", shapes))
     return (f"checkpoint {source} does not match the '{config}' model"
             + block("missing keys", missing) + block("unexpected keys", unexpected)
             + block("shape mismatches", shapes)
-            + "\nPick the config the checkpoint was trained with (e.g. --config r50 for official R-50 YouTube-VIS "
-              "weights, 40 classes), or check that the file is a VITA checkpoint.")
+            + "\nPick the config the checkpoint was trained with (--config r50-ytvis19 for official R-50 "
+              "YouTube-VIS 2019 weights; see vita_deploy.config.config_names()), or check that the file is a "
+              "VITA checkpoint.")

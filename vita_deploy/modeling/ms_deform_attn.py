@@ -6,6 +6,8 @@ checked against it. `MSDeformAttn` is the module with the official parameter nam
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -102,15 +104,20 @@ def ms_deform_attn_gather(value: torch.Tensor, shapes: Sequence[tuple[int, int]]
 
 
 # -- implementation switch -----------------------------------------------------------------------------------
-# "reference": grid_sample (eager default); "native": `ms_deform_attn_gather` (portable ONNX export);
-# "plugin": one `vita_deploy::ms_deform_attn_plugin` op, exported as NVIDIA's MultiscaleDeformableAttnPlugin_TRT.
-IMPLEMENTATIONS = ("reference", "native", "plugin")
-_implementation = "reference"
+# "auto" (default): the Triton kernel (`torch.ops.vita.ms_deform_attn`) for CUDA inference where triton is
+#   installed, else "reference";
+# "reference": grid_sample (the CPU and autograd path);
+# "triton": always the Triton kernel (CPU tensors need Triton's interpreter, TRITON_INTERPRET=1);
+# "native": `ms_deform_attn_gather` (portable ONNX export);
+# "plugin" / "vita-plugin": one `vita_deploy::ms_deform_attn_plugin` op, exported as NVIDIA's
+#   MultiscaleDeformableAttnPlugin_TRT / as our own Triton plugin (`vita_deploy/export/plugin.py`).
+IMPLEMENTATIONS = ("auto", "reference", "triton", "native", "plugin", "vita-plugin")
+_implementation = "auto"
 
 
 @contextmanager
 def deform_attn_implementation(name: str):
-    """Select how MSDeformAttn computes deformable attention inside the `with` block (used by the exporter)."""
+    """Select how MSDeformAttn computes deformable attention inside the `with` block (exporter, tests, bench)."""
     global _implementation
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"deformable attention implementation must be one of {IMPLEMENTATIONS}, not {name!r}")
@@ -125,7 +132,8 @@ def deform_attn_implementation(name: str):
 def ms_deform_attn_plugin(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
                           sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
     """One op with the exact I/O of NVIDIA's plugin (int32 spatial_shapes/level_start_index); eager: reference."""
-    return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights).clone()
+    return ms_deform_attn(value.float(), spatial_shapes, level_start_index, sampling_locations.float(),
+                          attention_weights.float()).to(value.dtype)
 
 
 @ms_deform_attn_plugin.register_fake
@@ -134,14 +142,39 @@ def _(value, spatial_shapes, level_start_index, sampling_locations, attention_we
     return value.new_empty(n, sampling_locations.shape[1], m, d)
 
 
+@functools.cache
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_implementation(value: torch.Tensor, *inputs: torch.Tensor) -> str:
+    """The implementation the current setting selects for these tensors ("auto" resolved)."""
+    if _implementation != "auto":
+        return _implementation
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (value, *inputs))
+    return "triton" if value.is_cuda and not needs_grad and triton_installed() else "reference"
+
+
+def _level_inputs(shapes: Sequence[tuple[int, int]], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """spatial_shapes (L, 2) and level_start_index (L,), int32, as the plugins take them."""
+    spatial = level_sizes(shapes, like, torch.int32)  # (L, 2)
+    starts = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1].to(torch.int32)])
+    return spatial, starts
+
+
 def _dispatch(value: torch.Tensor, shapes: Sequence[tuple[int, int]], locations: torch.Tensor,
               weights: torch.Tensor) -> torch.Tensor:
-    if _implementation == "native":
+    impl = resolve_implementation(value, locations, weights)
+    if impl == "native":
         return ms_deform_attn_gather(value, shapes, locations, weights)
-    if _implementation == "plugin":
-        spatial = level_sizes(shapes, value, torch.int32)  # (L, 2)
-        starts = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1].to(torch.int32)])
-        return ms_deform_attn_plugin(value, spatial, starts, locations.to(value.dtype), weights.to(value.dtype))
+    if impl == "triton":
+        import vita_deploy.kernels.torch_op  # noqa: F401  (registers torch.ops.vita.ms_deform_attn)
+        return torch.ops.vita.ms_deform_attn(value, *_level_inputs(shapes, value), locations, weights)
+    if impl == "plugin":  # NVIDIA's I/O: locations and weights in value's dtype
+        return ms_deform_attn_plugin(value, *_level_inputs(shapes, value), locations.to(value.dtype),
+                                     weights.to(value.dtype))
+    if impl == "vita-plugin":  # our kernel takes fp32 locations and weights whatever value's dtype
+        return ms_deform_attn_plugin(value, *_level_inputs(shapes, value), locations, weights)
     return ms_deform_attn(value.float(), shapes, None, locations, weights).to(value.dtype)
 
 

@@ -20,6 +20,8 @@ from vita_deploy.engines.backend import Backend, load_backend
 from vita_deploy.engines.errors import (BuildInputError, EngineBuildError, OnnxParseError, ParserMessage,
                                         PluginMissingError)
 from vita_deploy.engines.shapes import ShapeRange, resolve_profile
+from vita_deploy.engines.vita_plugin import register as register_vita_plugin, supports_aot_plugins
+from vita_deploy.export.plugin import PLUGIN_OPS, VITA_PLUGIN
 from vita_deploy.files import atomic_write, file_sha256
 
 log = logging.getLogger("vita_deploy.engines")
@@ -78,6 +80,11 @@ def _fill_node_names(messages: list[ParserMessage], onnx_path: Path) -> list[Par
 
 
 def _plugin_hint(backend: Backend, op_type: str) -> str:
+    if op_type == VITA_PLUGIN.op_type:
+        supported, why = supports_aot_plugins(backend.trt)
+        return (f"{why}: re-export with `python export/to_onnx.py --deform-attn native`." if not supported else
+                "our plugin was registered, yet the parser did not find it: check the node's plugin_namespace "
+                "(vita_deploy) and that triton is installed (`pip install -e '.[gpu]'`).")
     if op_type == MSDA_PLUGIN and backend.is_rtx:
         return ("TensorRT-RTX does not ship NVIDIA's plugin library, so it cannot build this node: export with "
                 "`python export/to_onnx.py --deform-attn native` (standard ONNX operators only) and build that.")
@@ -93,7 +100,7 @@ def raise_parse_error(backend: Backend, onnx_path: Path, messages: list[ParserMe
     """Turn parser errors into PluginMissingError (a node with no plugin creator) or OnnxParseError."""
     text = "\n  ".join(str(m) for m in messages) or "(the parser gave no message; run with --verbose)"
     for m in messages:
-        if "plugin not found" in m.desc.lower() or m.op_type.endswith("_TRT"):
+        if "plugin not found" in m.desc.lower() or m.op_type.endswith("_TRT") or m.op_type in PLUGIN_OPS:
             raise PluginMissingError(f"{onnx_path}: node {m.node_name!r} (op {m.op_type}) needs a TensorRT plugin "
                                      f"that is not available. {_plugin_hint(backend, m.op_type)}\nParser:\n  {text}",
                                      messages, m.node_name, m.op_type)
@@ -246,6 +253,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
     log.info("building %s with %s", onnx_path, backend.describe())
     builder, logger = backend.create_builder(options.verbose)
     plugins = backend.load_plugin_libraries(list(options.plugins))
+    if supports_aot_plugins(backend.trt)[0]:  # our Triton plugin (`--deform-attn vita-plugin` graphs)
+        plugins.append(register_vita_plugin())
     network, _parser, network_flags = parse_network(backend, builder, logger, onnx_path, options.fp16)
     io = network_io(network)
     for t in io:

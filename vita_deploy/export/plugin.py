@@ -1,69 +1,110 @@
-"""NVIDIA's `MultiscaleDeformableAttnPlugin_TRT` as an ONNX op: schema, export translation, and a standard-op
-body so that ONNX Runtime can run plugin-mode graphs for parity checks.
+"""Deformable-attention plugin ops in ONNX: NVIDIA's `MultiscaleDeformableAttnPlugin_TRT` ("plugin" export mode)
+and our own Triton-kernel plugin ("vita-plugin"): schemas, export translations, and a standard-op body so that
+ONNX Runtime can run plugin-mode graphs for parity checks.
 
-- Emitted nodes: op_type `MultiscaleDeformableAttnPlugin_TRT`, domain "trt" (opset version 1 declared in the
-  model), attribute `plugin_version="2"` (the IPluginV3 creator, TensorRT >= 10.11), inputs exactly as NVIDIA's
-  plugin: value (N, S, M, D), spatial_shapes (L, 2) int32, level_start_index (L,) int32, sampling_locations
-  (N, Lq, M, L, P, 2) and attention_weights (N, Lq, M, L, P) in value's dtype; output (N, Lq, M, D).
-  TensorRT's ONNX parser matches the node by op_type and imports it through NVIDIA's plugin library.
+- NVIDIA's nodes: op_type `MultiscaleDeformableAttnPlugin_TRT`, domain "trt", attribute `plugin_version="2"` (the
+  IPluginV3 creator, TensorRT >= 10.11); inputs exactly as NVIDIA's plugin: value (N, S, M, D), spatial_shapes
+  (L, 2) int32, level_start_index (L,) int32, sampling_locations (N, Lq, M, L, P, 2) and attention_weights
+  (N, Lq, M, L, P) in value's dtype; output (N, Lq, M, D). Built by TensorRT through NVIDIA's plugin library.
+- Our nodes: op_type `ms_deform_attn`, domain "vita_deploy", attributes `plugin_namespace="vita_deploy"` and
+  `aot=1`, creator version "1" (TensorRT >= 10.9 then uses the plugin's ahead-of-time implementation: the engine carries the Triton
+  kernel's PTX, `vita_deploy.engines.vita_plugin`); the same inputs, except that sampling_locations and
+  attention_weights stay float32 in fp16 graphs (the kernel computes positions and accumulates in fp32).
 - `annotate_plugin_outputs` writes each plugin output's type and shape into value_info, so onnx.checker's full
   check (with shape inference) passes in any process, without our schema registered.
 - `with_plugin_function` returns a copy of a model that also carries a model-local ONNX function with the
   plugin's name and domain, built from standard operators (Gather-based bilinear sampling, fp32 coordinates
-  and accumulation). ONNX Runtime inlines it, so the plugin graph runs unchanged in ORT for the check. It is
+  and accumulation). ONNX Runtime inlines it, so plugin graphs run unchanged in ORT for the check. It is
   not part of the exported file: a TensorRT parser that finds a local function may import it instead of the
   plugin.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import onnx
 import onnxscript
 from onnx import TensorProto, helper
 from onnx.defs import OpSchema
 
-PLUGIN_OP = "MultiscaleDeformableAttnPlugin_TRT"
-PLUGIN_DOMAIN = "trt"
-PLUGIN_VERSION = "2"
+
+@dataclass(frozen=True)
+class PluginOp:
+    """One deformable-attention plugin as an ONNX node: its op type, domain and the attributes every node gets."""
+
+    op_type: str
+    domain: str
+    version: str  # the TensorRT creator's plugin_version
+    attributes: dict = field(default_factory=dict)
+    doc: str = ""
+    fp32_coordinates: bool = False  # sampling_locations / attention_weights stay float32 in fp16 graphs
 
 
-def register_plugin_schema() -> None:
+NVIDIA_PLUGIN = PluginOp("MultiscaleDeformableAttnPlugin_TRT", "trt", "2", {"plugin_version": "2"},
+                         "NVIDIA TensorRT multi-scale deformable attention plugin (libnvinfer_plugin).")
+VITA_PLUGIN = PluginOp("ms_deform_attn", "vita_deploy", "1",
+                       {"plugin_namespace": "vita_deploy", "aot": 1},  # plugin_version: the default "1"
+                       "vita-deploy Triton multi-scale deformable attention (TensorRT AOT plugin).",
+                       fp32_coordinates=True)
+PLUGINS = {"plugin": NVIDIA_PLUGIN, "vita-plugin": VITA_PLUGIN}  # export mode -> op
+PLUGIN_OPS = {p.op_type for p in PLUGINS.values()}
+# NVIDIA's plugin under its historical names (the engine builder and tests refer to it).
+PLUGIN_OP, PLUGIN_DOMAIN, PLUGIN_VERSION = NVIDIA_PLUGIN.op_type, NVIDIA_PLUGIN.domain, NVIDIA_PLUGIN.version
+
+
+def register_plugin_schema(plugin: PluginOp = NVIDIA_PLUGIN) -> None:
     """Register the op's schema in this process (typed checks while exporting); idempotent."""
-    if onnx.defs.has(PLUGIN_OP, PLUGIN_DOMAIN):
+    if onnx.defs.has(plugin.op_type, plugin.domain):
         return
     P = OpSchema.FormalParameter
+    coords = "F" if plugin.fp32_coordinates else "T"
+    attrs = [OpSchema.Attribute(name, OpSchema.AttrType.INT if isinstance(v, int) else OpSchema.AttrType.STRING,
+                                name, required=False) for name, v in plugin.attributes.items()]
+    if "plugin_namespace" not in plugin.attributes:
+        attrs.append(OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "creator namespace",
+                                        required=False))
+    constraints = [("T", ["tensor(float)", "tensor(float16)"] + (["tensor(bfloat16)"] if plugin.fp32_coordinates
+                                                                 else []), "values"),
+                   ("I", ["tensor(int32)"], "level sizes and offsets")]
+    if plugin.fp32_coordinates:
+        constraints.append(("F", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "locations, weights"))
     onnx.defs.register_schema(OpSchema(
-        PLUGIN_OP, PLUGIN_DOMAIN, 1,
-        doc="NVIDIA TensorRT multi-scale deformable attention plugin (libnvinfer_plugin).",
-        inputs=[P("value", "T"), P("spatial_shapes", "I"), P("level_start_index", "I"), P("sampling_locations", "T"),
-                P("attention_weights", "T")],
-        outputs=[P("output", "T")],
-        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "values"),
-                          ("I", ["tensor(int32)"], "level sizes and offsets")],
-        attributes=[OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "creator version", required=False),
-                    OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "creator namespace",
-                                       required=False)],
-    ))
+        plugin.op_type, plugin.domain, 1, doc=plugin.doc,
+        inputs=[P("value", "T"), P("spatial_shapes", "I"), P("level_start_index", "I"),
+                P("sampling_locations", coords), P("attention_weights", coords)],
+        outputs=[P("output", "T")], type_constraints=constraints, attributes=attrs))
 
 
-register_plugin_schema()
-_trt = onnxscript.values.Opset(PLUGIN_DOMAIN, 1)
+for _plugin in PLUGINS.values():
+    register_plugin_schema(_plugin)
+_trt = onnxscript.values.Opset(NVIDIA_PLUGIN.domain, 1)
+_vita = onnxscript.values.Opset(VITA_PLUGIN.domain, 1)
 
 
 def plugin_translation(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """torch.onnx custom translation of `vita_deploy::ms_deform_attn_plugin` -> one plugin node."""
+    """torch.onnx custom translation of `vita_deploy::ms_deform_attn_plugin` -> one NVIDIA plugin node."""
     return _trt.MultiscaleDeformableAttnPlugin_TRT(value, spatial_shapes, level_start_index, sampling_locations,
-                                                   attention_weights, plugin_version=PLUGIN_VERSION)
+                                                   attention_weights, **NVIDIA_PLUGIN.attributes)
+
+
+def vita_plugin_translation(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """torch.onnx custom translation of `vita_deploy::ms_deform_attn_plugin` -> one node of our own plugin."""
+    return _vita.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                                **VITA_PLUGIN.attributes)
+
+
+TRANSLATIONS = {"plugin": plugin_translation, "vita-plugin": vita_plugin_translation}
 
 
 def annotate_plugin_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Type every plugin output as (N, Lq, M, D) from value (N, S, M, D) and sampling_locations (N, Lq, ...),
-    drop untyped value_info entries, and declare the "trt" opset. Modifies and returns `model`."""
+    drop untyped value_info entries, and declare the plugins' opsets. Modifies and returns `model`."""
     keep = [v for v in model.graph.value_info if v.type.HasField("tensor_type")]
     del model.graph.value_info[:]
     model.graph.value_info.extend(keep)
     infos = {v.name: v for v in list(model.graph.value_info) + list(model.graph.input)}
     for node in model.graph.node:
-        if node.op_type != PLUGIN_OP:
+        if (node.op_type, node.domain) not in {(p.op_type, p.domain) for p in PLUGINS.values()}:
             continue
         value, locations = infos.get(node.input[0]), infos.get(node.input[3])
         if value is None or locations is None:
@@ -75,12 +116,19 @@ def annotate_plugin_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
         for v in [v for v in model.graph.value_info if v.name == node.output[0]]:
             model.graph.value_info.remove(v)
         model.graph.value_info.append(out)
-    if not any(o.domain == PLUGIN_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, 1))
+    for plugin in plugins_in(model):
+        if not any(o.domain == plugin.domain for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(plugin.domain, 1))
     return model
 
 
-def plugin_function(opset: int = 18) -> onnx.FunctionProto:
+def plugins_in(model: onnx.ModelProto) -> list[PluginOp]:
+    """The plugin ops that `model`'s graph uses."""
+    used = {(n.op_type, n.domain) for n in model.graph.node}
+    return [p for p in PLUGINS.values() if (p.op_type, p.domain) in used]
+
+
+def plugin_function(opset: int = 18, plugin: PluginOp = NVIDIA_PLUGIN) -> onnx.FunctionProto:
     """The plugin's computation from standard ONNX ops, vectorised over levels (any L, all sizes dynamic).
 
     Per corner (x0 + dx, y0 + dy) of the bilinear cell around loc * size - 0.5: one Gather from value laid out as
@@ -136,15 +184,16 @@ def plugin_function(opset: int = 18) -> onnx.FunctionProto:
         total = term if total is None else op("Add", total, term)
     nodes.append(helper.make_node("CastLike", [total, "value"], ["output"]))  # (N, Lq, M, D)
     return helper.make_function(
-        PLUGIN_DOMAIN, PLUGIN_OP,
+        plugin.domain, plugin.op_type,
         ["value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"], ["output"],
-        nodes, [helper.make_opsetid("", opset)], attributes=["plugin_version", "plugin_namespace"])
+        nodes, [helper.make_opsetid("", opset)], attributes=sorted({*plugin.attributes, "plugin_namespace"}))
 
 
 def with_plugin_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` whose plugin nodes ONNX Runtime can execute (adds `plugin_function` as a local function)."""
+    """A copy of `model` whose plugin nodes ONNX Runtime can execute (adds `plugin_function` as a local function
+    for each plugin the graph uses)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
-    out.functions.append(plugin_function(opset))
+    out.functions.extend(plugin_function(opset, plugin) for plugin in plugins_in(model))
     return out

@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+PYTRITON_SPEC ?= nvidia-pytriton==0.7.0
 PY := $(VENV)/bin/python
 
 .PHONY: demo test install install-dev clean
@@ -14,7 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,serve,batch]"
+	# tritonserver + its python backend for tests/test_serve.py (a Linux x86_64 wheel; --no-deps: see pyproject.toml)
+	if [ "$$(uname -sm)" = "Linux x86_64" ]; then $(PY) -m pip install -q --no-deps "$(PYTRITON_SPEC)"; fi
 	touch $@
 
 install: $(VENV)/.installed

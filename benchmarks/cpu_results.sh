@@ -22,6 +22,7 @@ $PY benchmarks/bench.py --threads "${THREADS:-2}" --config r50 --backend torch o
 # Peak host memory against video length: streaming pipeline vs all frames at once (tiny, 360p source).
 $PY benchmarks/bench.py --threads "${THREADS:-2}" --config tiny --frames 18 --repeats 1 --warmup 0 --resolution 360p \
     --memory-study 36 360 1000 10000 --out "$OUT/cpu_memory"
-# Deformable attention alone at the pixel decoder's shapes (1 thread, as a kernel comparison).
-$PY benchmarks/bench_kernels.py --device cpu --threads 1 --frames 1 6 18 --precision fp32 --repeats 3 --warmup 1 \
-    --out "$OUT/kernels_cpu"
+# Deformable attention alone at the pixel decoder's shapes (1 thread, as a kernel comparison); the Triton kernel as a
+# correctness run in its CPU interpreter (fp32, fp16) and inside the tiny frame detector.
+$PY benchmarks/bench_kernels.py --device cpu --threads 1 --frames 1 6 18 --precision fp32 fp16 --repeats 3 --warmup 1 \
+    --model-check tiny --out "$OUT/kernels_cpu"

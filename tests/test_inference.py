@@ -156,4 +156,4 @@ def test_run_video_spilling_to_disk_gives_same_result(tiny, tmp_path):
     a = run_video(frames, det, vita, tiny.cfg)
     b = run_video(frames, det, vita, tiny.cfg, host_budget_mb=0.0, spill_dir=str(tmp_path))
     assert a.scores == b.scores and a.labels == b.labels and a.segmentations == b.segmentations
-    assert set(a.timings) == {"decode", "preprocess", "detector", "vita", "postprocess"}
+    assert {"decode", "preprocess", "detector", "vita", "postprocess"} <= set(a.timings)

@@ -26,8 +26,9 @@ from vita_deploy.config import ModelConfig
 from vita_deploy.inference import DetectorFn, VitaFn, run_video
 from vita_deploy.video_io import open_video
 
-RESOLUTIONS = {"240p": (240, 426), "360p": (360, 640), "480p": (480, 854), "720p": (720, 1280)}
-STAGES = ("decode", "preprocess", "detector", "vita", "postprocess")
+RESOLUTIONS = {"240p": (240, 426), "360p": (360, 640), "480p": (480, 854), "720p": (720, 1280),
+               "1080p": (1080, 1920)}
+STAGES = ("decode", "preprocess", "detector", "vita", "mask_features", "postprocess")  # mask_features: recompute
 
 
 def make_benchmark_video(path: Path, frames: int, height: int, width: int, fps: float = 30.0, seed: int = 0) -> Path:
@@ -178,12 +179,13 @@ def write_markdown(results: list[RunResult], path: Path, env: dict, memory: list
              f"torch {env['torch']} ({env['torch_threads']} threads), {env['date']}.  ",
              f"Command: `{env['command']}`\n",
              "| config | backend | precision | device | resolution | frames | end-to-end fps | e2e median s (p90) "
-             "| decode | preprocess | detector | VITA | post | host peak MB | GPU peak MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| decode | preprocess | detector | VITA | mask features | post | host peak MB | GPU peak MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         st = [f"{r.stages_s[s]['median'] * 1000:.0f} ms" for s in STAGES]
         gpu = f"{r.gpu_peak_mb:.0f}" if r.gpu_peak_mb is not None else "-"
-        lines.append(f"| {r.config} | {r.backend} | {r.precision} | {r.device} | {r.resolution} | {r.frames} | "
+        backend = r.backend + (f" ({r.extra['features']})" if r.extra.get("features", "auto") != "auto" else "")
+        lines.append(f"| {r.config} | {backend} | {r.precision} | {r.device} | {r.resolution} | {r.frames} | "
                      f"{r.fps['end_to_end']:.2f} | {r.end_to_end_s['median']:.2f} ({r.end_to_end_s['p90']:.2f}) | "
                      + " | ".join(st) + f" | {r.host_peak_mb:.0f} | {gpu} |")
     for skip in not_run or []:

@@ -1,7 +1,8 @@
-"""Where per-frame mask features wait for VITA: on the device up to a budget, then host memory (pinned when
-the device is CUDA) up to a budget, then a memory-mapped file on disk. Whole-video inference needs the mask
-features of every frame after VITA has run once over all frame queries, so this store is what grows with
-video length; its tiers keep a 10,000-frame video from exhausting GPU or host memory.
+"""Where per-frame mask features wait for VITA in keep mode: on the device up to a budget, then host memory
+(pinned when the device is CUDA) up to a budget, then a memory-mapped file on disk, but only in a spill folder
+that was asked for (otherwise exceeding the budgets raises `FeatureBudgetError`). Whole-video inference needs
+the mask features of every frame after VITA has run once over all frame queries, so this store is what grows
+with video length; recompute mode (`vita_deploy.inference`) avoids it. Frame queries wait in a `QueryStore`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ import torch
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 
+class FeatureBudgetError(ValueError):
+    """Mask features exceed the device + host budget and no spill folder was given."""
+
+
 class FeatureStore:
     """Append (n, C, h, w) chunks, read back frame ranges as tensors on `device`.
 
@@ -22,7 +27,7 @@ class FeatureStore:
         device: where the features are produced and consumed.
         device_budget_mb: features kept on `device` (ignored when `device` is the CPU).
         host_budget_mb: features kept in host memory beyond that (pinned when `device` is CUDA); None = no limit.
-        spill_dir: folder for the disk tier (a temporary file, deleted by `close`); default: system temp.
+        spill_dir: folder for the disk tier (a temporary file, deleted by `close`); None: no disk tier.
         dtype: storage dtype; float16 halves the memory (features are upcast when read).
     """
 
@@ -52,11 +57,31 @@ class FeatureStore:
             stored = torch.empty(x.shape, dtype=x.dtype, pin_memory=self.device.type == "cuda")
             stored.copy_(x, non_blocking=self.device.type == "cuda")
             self.bytes_host += nbytes
-        else:
+        elif self.spill_dir is not None:
             self._spill(x)
             stored = None
+        else:
+            raise FeatureBudgetError(
+                f"mask features of {self.num_frames + x.shape[0]} frames exceed the feature budget "
+                f"(device {self.device_budget / 2**20:.0f} MB + host {self.host_budget / 2**20:.0f} MB): use "
+                "--features recompute (or auto), raise the host budget, or give a spill folder for disk")
         self._chunks.append((x.shape[0], stored))
         self.num_frames += x.shape[0]
+
+    def fits(self, nbytes: float) -> bool:
+        """Whether `nbytes` of features in total fit the device + host budgets (the disk tier not counted)."""
+        return nbytes <= self.device_budget + self.host_budget
+
+    def fits_more(self, features: torch.Tensor) -> bool:
+        """Whether appending `features` keeps the store within the device + host budgets."""
+        nbytes = features.numel() * torch.empty((), dtype=self.dtype).element_size()
+        return self.fits(self.bytes_device + self.bytes_host + self.bytes_disk + nbytes)
+
+    def clear(self) -> None:
+        """Drop every stored feature (memory and spill file); the store can be appended to again."""
+        self.close()
+        self._disk_frames, self._disk_index = 0, []
+        self.bytes_device = self.bytes_host = self.num_frames = 0
 
     def _spill(self, x: torch.Tensor) -> None:
         n = x.shape[0]
@@ -109,3 +134,33 @@ class FeatureStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class QueryStore:
+    """Frame queries of the whole video for VITA: float32 on `device` up to `budget_mb`, then fp16 in host
+    memory (pinned for CUDA); `all()` returns them as one float32 (T, fQ, C) tensor on `device`.
+    Small (r50: 100 x 256 per frame) but linear in video length, so the tail is halved and kept off the GPU."""
+
+    def __init__(self, device: torch.device | str, budget_mb: float = 256.0) -> None:
+        self.device = torch.device(device)
+        self.budget = budget_mb * 2**20
+        self.bytes_full = 0
+        self._chunks: list[torch.Tensor] = []
+
+    def append(self, queries: torch.Tensor) -> None:
+        x = queries.detach().float()
+        nbytes = x.numel() * 4
+        if self.bytes_full + nbytes <= self.budget:
+            self._chunks.append(x.to(self.device))
+            self.bytes_full += nbytes
+        else:
+            stored = torch.empty(x.shape, dtype=torch.float16, pin_memory=self.device.type == "cuda")
+            stored.copy_(x, non_blocking=self.device.type == "cuda")
+            self._chunks.append(stored)
+
+    def all(self) -> torch.Tensor:
+        return torch.cat([c.to(self.device, non_blocking=True).float() for c in self._chunks])
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self.bytes_full = 0

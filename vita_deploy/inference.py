@@ -7,25 +7,31 @@ eager model, ONNX Runtime sessions or TensorRT engines.
 """
 from __future__ import annotations
 
-import time
+import contextlib
+import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from vita_deploy.config import ModelConfig
-from vita_deploy.feature_store import FeatureStore
-from vita_deploy.preprocess import frames_to_tensor, normalize_and_pad, resize_frame, shortest_edge_size
+from vita_deploy.feature_store import FeatureStore, QueryStore
+from vita_deploy.postprocess import ChunkResult, MaskMaker
+from vita_deploy.prefetch import FrameChunks, is_rereadable
+from vita_deploy.preprocess import normalize_and_pad
 from vita_deploy.timing import StageTimer
+from vita_deploy.video_io import VideoReadError
 
 # images (N, 3, Hp, Wp) -> frame_queries (N, fQ, C), mask_features (N, C, Hp/4, Wp/4)
 DetectorFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # frame_queries (T, fQ, C) -> class_logits (cQ, K+1), mask_embed (cQ, C)
 VitaFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# images (N, 3, Hp, Wp) -> mask_features (N, C, Hp/4, Wp/4): the detector without its frame decoder
+MaskFeaturesFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 
@@ -41,6 +47,8 @@ class VideoPrediction:
     width: int
     num_frames: int
     timings: dict[str, float] = field(default_factory=dict)
+    features_mode: str = "keep"  # how the mask features were had: "keep" or "recompute"
+    spilled_mb: float = 0.0  # mask features the store wrote to its spill folder (0 unless one was given)
 
     def to_ytvis(self, video_id: int, category_ids: list[int] | None = None) -> list[dict]:
         """YouTube-VIS result dicts; contiguous labels map to dataset ids (default: label + 1)."""
@@ -82,17 +90,76 @@ def select_topk(class_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     return scores, flat % num_classes, torch.div(flat, num_classes, rounding_mode="floor")
 
 
-def _timed_frames(frames: Iterable[np.ndarray], timer: StageTimer) -> Iterator[np.ndarray]:
-    """Yield frames, charging the time spent producing them (decoding) to the "decode" stage."""
-    it = iter(frames)
-    while True:
-        t0 = time.perf_counter()
-        try:
-            frame = next(it)
-        except StopIteration:
+FEATURE_MODES = ("auto", "keep", "recompute")
+def auto_host_budget_mb() -> float:
+    """Host memory auto mode lets kept mask features take when no budget is given: a quarter of the machine's
+    RAM (at least 1 GiB), so short and medium videos keep their features and long ones recompute them."""
+    try:
+        ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):
+        ram_mb = 4096.0
+    return max(1024.0, ram_mb / 4)
+
+
+class FeaturePolicyError(ValueError):
+    """A --features choice that cannot work for this video or backend; the message names the fix."""
+
+
+def _cast_like_store(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The values a FeatureStore of `dtype` hands back (so recomputed features equal kept ones exactly)."""
+    return features.detach().to(dtype).float()
+
+
+class _PostProcessor:
+    """Runs MaskMaker chunks in order, in a worker thread (overlap) or inline; at most `depth` in flight."""
+
+    def __init__(self, maker: MaskMaker, embed: torch.Tensor, timer: StageTimer, background: bool,
+                 device: torch.device, depth: int = 2) -> None:
+        self.maker, self.embed, self.timer, self.depth = maker, embed, timer, depth
+        self.results: list[ChunkResult] = []
+        self._pending: list[Future] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vita-post") if background else None
+        self._stream = torch.cuda.Stream(device) if background and device.type == "cuda" else None
+
+    def _run(self, features: torch.Tensor, ready: torch.cuda.Event | None) -> ChunkResult:
+        if self._stream is None:
+            with self.timer("postprocess"):
+                return self.maker(self.embed, features)
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(ready)
+            with self.timer("postprocess"):
+                return self.maker(self.embed, features)
+
+    def submit(self, features: torch.Tensor) -> None:
+        if self._pool is None:
+            self.results.append(self._run(features, None))
             return
-        timer.add("decode", time.perf_counter() - t0)
-        yield frame
+        ready = None
+        if self._stream is not None:
+            ready = torch.cuda.Event()
+            ready.record()
+            features.record_stream(self._stream)
+            self.embed.record_stream(self._stream)
+        self._pending.append(self._pool.submit(torch.inference_mode()(self._run), features, ready))
+        while len(self._pending) > self.depth:
+            self.results.append(self._pending.pop(0).result())
+
+    def finish(self) -> list[ChunkResult]:
+        try:
+            while self._pending:
+                self.results.append(self._pending.pop(0).result())
+        finally:
+            self.close()
+        if self._stream is not None:
+            torch.cuda.current_stream().wait_stream(self._stream)
+        return self.results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for f in self._pending:
+                f.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 @torch.inference_mode()
@@ -102,12 +169,16 @@ def run_video(
     vita: VitaFn,
     cfg: ModelConfig,
     *,
+    mask_features: MaskFeaturesFn | None = None,
+    features: str = "auto",
     device: torch.device | str = "cpu",
     num_frames: int | None = None,
     device_budget_mb: float = 1024.0,
     host_budget_mb: float | None = None,
     feature_dtype: torch.dtype = torch.float32,
     spill_dir: str | None = None,
+    query_budget_mb: float = 256.0,
+    overlap: bool = True,
     progress: bool = False,
 ) -> VideoPrediction:
     """Run VITA on one video.
@@ -115,63 +186,151 @@ def run_video(
     Args:
         frames: uint8 (H, W, 3) RGB frames, all the same size, streamed (e.g. `vita_deploy.video_io.open_video`).
         detector, vita: the two graphs (see DetectorFn / VitaFn), taking and returning tensors on `device`.
-        num_frames: the video length if known (progress bar only).
-        device_budget_mb, host_budget_mb, feature_dtype, spill_dir: where mask features wait for VITA
-            (`FeatureStore`: device up to its budget, then host memory, then a file on disk).
+        mask_features: the mask-feature graph (MaskFeaturesFn), needed by recompute mode.
+        features: where the mask features come from after VITA has run (README "Keep vs recompute"):
+            "keep" stores them (`FeatureStore`: device up to device_budget_mb, then host memory up to
+            host_budget_mb, then disk only in `spill_dir`); "recompute" keeps only frame queries and re-reads
+            the video in a second pass, recomputing mask features chunk by chunk (needs `mask_features` and
+            frames that can be read twice); "auto" keeps while the predicted size fits the device + host budget
+            (`auto_host_budget_mb()`, a quarter of the RAM, when host_budget_mb is None) and recomputes otherwise.
+        num_frames: the video length if known (progress bar, auto's prediction).
+        query_budget_mb: frame queries kept at full precision; beyond it they wait in host memory in fp16.
+        overlap: decode in a background thread and post-process chunk i while chunk i+1 is computed (same
+            results as overlap=False, which runs every stage inline).
     Returns:
-        VideoPrediction with `timings` in seconds per stage: decode, preprocess, detector, vita, postprocess.
+        VideoPrediction with `timings` in seconds per stage: decode, preprocess, detector, vita, postprocess
+        (and mask_features in recompute mode). With overlap, "decode" is the time spent waiting for the
+        background reader (its busy time: decode_thread, resize_thread) and post-processing runs in a worker
+        thread (in recompute mode concurrently with the mask-feature graph).
     """
+    if features not in FEATURE_MODES:
+        raise FeaturePolicyError(f"features must be one of {', '.join(FEATURE_MODES)}, not {features!r}")
     device = torch.device(device)
     inp, inf = cfg.input, cfg.inference
     timer = StageTimer(device)
-    frame_queries = []
-    size = orig = None
+    rereadable = is_rereadable(frames)
+    can_recompute = mask_features is not None and rereadable
+    if features == "recompute" and mask_features is None:
+        raise FeaturePolicyError("features=recompute needs the mask-feature graph (mask_features=...): pass it, "
+                                 "re-export with mask_features.onnx, or use --features keep")
+    if features == "recompute" and not rereadable:
+        raise FeaturePolicyError("--features recompute reads the video twice, but this input is a stream that "
+                                 "cannot be read again (stdin, a pipe or an iterator): save it to an mp4 or a frame "
+                                 "folder first, or use --features keep")
+    host_budget = host_budget_mb if host_budget_mb is not None else (
+        auto_host_budget_mb() if features == "auto" and can_recompute else None)
+    mode = features
+    queries = QueryStore(device, query_budget_mb)
+    orig = size = padded = None
     bar = tqdm(total=num_frames, desc="frame detector", unit="frame", disable=not progress)
-    with FeatureStore(device, device_budget_mb, host_budget_mb, spill_dir, feature_dtype) as store:
-        for batch in chunks(_timed_frames(frames, timer), inf.chunk_size):
+    reader = FrameChunks(frames, inf.chunk_size, inp, device, background=overlap)
+    with FeatureStore(device, device_budget_mb, host_budget, spill_dir, feature_dtype) as store, \
+            contextlib.closing(reader):
+        for chunk in reader:
             if orig is None:
-                orig = batch[0].shape[:2]
-                size = shortest_edge_size(*orig, inp.min_size_test, inp.max_size_test)
-            if any(f.shape[:2] != orig for f in batch):
-                raise ValueError(f"all frames of a video must have the same size; expected {orig}")
+                orig, size = chunk.orig, chunk.size
             with timer("preprocess"):
-                images = normalize_and_pad(frames_to_tensor([resize_frame(f, size) for f in batch]).to(device), inp)
+                images = normalize_and_pad(chunk.images.to(device, non_blocking=True), inp)
             with timer("detector"):
                 fq, mf = detector(images)
-                frame_queries.append(fq)
+            queries.append(fq)
+            if padded is None:
+                padded = tuple(images.shape[-2:])
+                if mode == "auto":
+                    per_frame = mf[0].numel() * torch.empty((), dtype=feature_dtype).element_size()
+                    predicted = (num_frames or 0) * per_frame
+                    mode = "recompute" if can_recompute and not store.fits(predicted) else "keep"
+            if mode == "keep" and features == "auto" and can_recompute and not store.fits_more(mf):
+                mode = "recompute"  # the length estimate was short: drop the kept features, recompute them all
+                store.clear()
+            if mode == "keep":
                 store.append(mf)
-            bar.update(len(batch))
+            bar.update(chunk.images.shape[0])
         bar.close()
+        _add_read_times(timer, reader)
         if orig is None:
             raise ValueError("the video has no frames")
-        padded = tuple(images.shape[-2:])
-        num_frames = store.num_frames
+        num_frames = reader.stats.frames
+        disk_mb = store.bytes_disk / 2**20
 
         with timer("vita"):
-            class_logits, mask_embed = vita(torch.cat(frame_queries))  # (cQ, K+1), (cQ, C)
-        with timer("postprocess"):
-            scores, labels, query_idx = select_topk(class_logits, inf.topk)
-            embed = mask_embed[query_idx].float()  # (k, C)
-            k = len(scores)
-            numerator = torch.zeros(k, device=device)
-            denominator = torch.zeros(k, device=device)
-            segmentations: list[list[dict]] = [[] for _ in range(k)]
-            for start in range(0, num_frames, inf.interpolate_chunk_size):
-                mf = store.get(start, min(start + inf.interpolate_chunk_size, num_frames))
-                logits = torch.einsum("qc,tchw->qthw", embed, mf)
-                logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
-                logits = logits[:, :, :size[0], :size[1]]  # crop the padding: (k, t, h, w)
-                soft = logits.sigmoid()
-                hard = soft > 0.5
-                numerator += (soft * hard).flatten(1).sum(1)
-                denominator += hard.flatten(1).sum(1)
-                masks = F.interpolate(logits, size=orig, mode="bilinear", align_corners=False) > 0  # (k, t, H, W)
-                masks_np = masks.cpu().numpy()
-                for q in range(k):
-                    segmentations[q].extend(encode_masks(masks_np[q]))
-            scores = scores * (numerator / (denominator + 1e-6))
-            scores_list, labels_list = scores.tolist(), labels.tolist()
-    return VideoPrediction(scores_list, labels_list, segmentations, orig[0], orig[1], num_frames, timer.totals())
+            class_logits, mask_embed = vita(queries.all())  # (cQ, K+1), (cQ, C)
+        queries.clear()
+        scores, labels, query_idx = select_topk(class_logits, inf.topk)
+        embed = mask_embed[query_idx].float().contiguous()  # (k, C)
+        maker = MaskMaker(tuple(mf.shape[-2:]), padded, size, orig, device)
+        post = _PostProcessor(maker, embed, timer, overlap, device)
+        step = inf.interpolate_chunk_size
+        try:
+            if mode == "keep":
+                for start in range(0, num_frames, step):
+                    post.submit(store.get(start, min(start + step, num_frames)))
+            else:
+                _recompute(frames, mask_features, cfg, device, feature_dtype, num_frames, post, timer, overlap,
+                           progress)
+            results = post.finish()
+        finally:
+            post.close()
+    numerator = torch.zeros(len(scores), device=device)
+    denominator = torch.zeros(len(scores), device=device)
+    segmentations: list[list[dict]] = [[] for _ in range(len(scores))]
+    for r in results:  # in frame order, the same sums in both modes
+        numerator += r.numerator
+        denominator += r.denominator
+        for q, rles in enumerate(r.rles):
+            segmentations[q].extend(rles)
+    scores = scores * (numerator / (denominator + 1e-6))
+    return VideoPrediction(scores.tolist(), labels.tolist(), segmentations, orig[0], orig[1], num_frames,
+                           timer.totals(), features_mode=mode, spilled_mb=disk_mb)
+
+
+def _add_read_times(timer: StageTimer, reader: FrameChunks) -> None:
+    """Inline reading: decode and resize are stages of their own. Background reading: "decode" is the time the
+    pipeline waited for the reader; the thread's busy time goes to decode_thread / resize_thread."""
+    if reader.background:
+        timer.add("decode", reader.stats.wait)
+        timer.add("decode_thread", reader.stats.decode)
+        timer.add("resize_thread", reader.stats.resize)
+    else:
+        timer.add("decode", reader.stats.decode)
+        timer.add("preprocess", reader.stats.resize)
+
+
+def _recompute(frames: Iterable[np.ndarray], mask_features: MaskFeaturesFn, cfg: ModelConfig,
+               device: torch.device, feature_dtype: torch.dtype, num_frames: int, post: _PostProcessor,
+               timer: StageTimer, overlap: bool, progress: bool) -> None:
+    """Pass 2: decode again, recompute mask features in the detector's chunks, post-process in the same frame
+    ranges as keep mode (so the results are identical)."""
+    inp, inf = cfg.input, cfg.inference
+    step = inf.interpolate_chunk_size
+    buffer: list[torch.Tensor] = []
+    buffered = 0
+    seen = 0
+    reader = FrameChunks(frames, inf.chunk_size, inp, device, background=overlap)
+    bar = tqdm(total=num_frames, desc="mask features", unit="frame", disable=not progress)
+    with contextlib.closing(reader):
+        for chunk in reader:
+            with timer("preprocess"):
+                images = normalize_and_pad(chunk.images.to(device, non_blocking=True), inp)
+            with timer("mask_features"):
+                buffer.append(_cast_like_store(mask_features(images), feature_dtype))
+            buffered += images.shape[0]
+            seen += images.shape[0]
+            if seen > num_frames:
+                break
+            while buffered >= step:
+                merged = torch.cat(buffer) if len(buffer) > 1 else buffer[0]
+                post.submit(merged[:step].contiguous())
+                rest = merged[step:]
+                buffer, buffered = ([rest] if rest.shape[0] else []), rest.shape[0]
+            bar.update(images.shape[0])
+    bar.close()
+    _add_read_times(timer, reader)
+    if seen != num_frames:
+        raise VideoReadError(f"the video gave {num_frames} frames on the first read and {seen} on the second: "
+                             "recompute mode needs a source that reads the same twice (use --features keep)")
+    if buffered:
+        post.submit(torch.cat(buffer).contiguous())
 
 
 def eager_graphs(model: torch.nn.Module, amp: bool = False) -> tuple[DetectorFn, VitaFn]:
@@ -196,3 +355,15 @@ def eager_graphs(model: torch.nn.Module, amp: bool = False) -> tuple[DetectorFn,
         return logits.float(), embed.float()
 
     return detector, vita
+
+
+def eager_mask_features(model: torch.nn.Module, amp: bool = False) -> MaskFeaturesFn:
+    """The eager model's mask-feature graph (`FrameDetector.mask_features`) as a MaskFeaturesFn; same amp rule
+    as `eager_graphs` (fp16 autocast on CUDA only)."""
+    def mask_features(images: torch.Tensor) -> torch.Tensor:
+        if amp and images.device.type != "cuda":
+            raise ValueError(f"fp16 autocast (amp) runs on CUDA only; these inputs are on {images.device.type}")
+        with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+            return model.frame_detector.mask_features(images).float()
+
+    return mask_features

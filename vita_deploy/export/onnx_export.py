@@ -36,7 +36,7 @@ from torch.export import Dim
 from vita_deploy.export.plugin import PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION, annotate_plugin_outputs, \
     plugin_translation
 from vita_deploy.files import atomic_write, file_sha256
-from vita_deploy.modeling.model import VitaModel
+from vita_deploy.modeling.model import MaskFeatureGraph, VitaModel
 from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
 from vita_deploy.preprocess import padded_size
 
@@ -44,11 +44,13 @@ EXPORT_FORMAT_VERSION = 1
 EXPORTER_VERSION = "vita-deploy-export 1.0"
 OPSET = 18
 DETECTOR_FILE, VITA_FILE, MANIFEST_FILE = "frame_detector.onnx", "vita_head.onnx", "manifest.json"
-GRAPHS = ("frame_detector", "vita_head")
+MASK_FEATURES_FILE = "mask_features.onnx"  # the detector without its frame decoder (recompute mode)
+GRAPHS = ("frame_detector", "vita_head", "mask_features")
 # Symbolic dims of the graph inputs/outputs, renamed from torch.export's names (s25, 8*s48, ...).
 DETECTOR_DIMS = {"images": ["batch", None, "height", "width"], "frame_queries": ["batch", None, None],
                  "mask_features": ["batch", None, "height/4", "width/4"]}
 VITA_DIMS = {"frame_queries": ["num_frames", None, None]}
+MASK_FEATURES_DIMS = {"images": DETECTOR_DIMS["images"], "mask_features": DETECTOR_DIMS["mask_features"]}
 
 
 class ExportError(ValueError):
@@ -88,9 +90,9 @@ class _Precision(nn.Module):
         self.half = precision == "fp16"
         self.module = copy.deepcopy(module).half() if self.half else module
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = self.module(x.half() if self.half else x)
-        return a.float(), b.float()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
+        out = self.module(x.half() if self.half else x)
+        return out.float() if isinstance(out, torch.Tensor) else tuple(o.float() for o in out)
 
 
 def input_profiles(model: VitaModel, options: ExportOptions) -> dict[str, dict[str, list[int]]]:
@@ -176,9 +178,10 @@ def _custom_ops(model: onnx.ModelProto) -> list[dict]:
 
 def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, checkpoint: str | Path | None = None,
                  log: Callable[[str], None] = print, graphs: tuple[str, ...] = GRAPHS) -> dict:
-    """Write frame_detector.onnx, vita_head.onnx and manifest.json into `out_dir`; returns the manifest.
+    """Write frame_detector.onnx, vita_head.onnx, mask_features.onnx and manifest.json into `out_dir`; returns
+    the manifest.
 
-    graphs: export only some of the two graphs (tests); the manifest then lists only those.
+    graphs: export only some of the three graphs (tests); the manifest then lists only those.
     """
     out_dir = Path(out_dir)
     try:
@@ -223,6 +226,23 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
         seconds = time.perf_counter() - start
         entries["vita_head"] = _entry(onnx_model, out_dir / VITA_FILE, {"frame_queries": p}, seconds)
         log(f"      wrote {out_dir / VITA_FILE} ({entries['vita_head']['size_bytes'] / 2**20:.1f} MiB, {seconds:.1f} s)")
+
+    if "mask_features" in graphs:
+        # images (N, 3, H, W) -> mask_features (N, C, H/4, W/4): the same modules as the detector, no decoder
+        p = profiles["images"]
+        example = torch.randn(min(2, p["max"][0]), 3, *((options.height, options.width) if options.height else (64, 96)))
+        dynamic = {0: Dim("batch", min=1, max=p["max"][0])} if p["max"][0] > 1 else {}
+        if options.height is None:
+            dynamic[2] = 32 * Dim("h32", min=p["min"][2] // 32, max=p["max"][2] // 32)
+            dynamic[3] = 32 * Dim("w32", min=p["min"][3] // 32, max=p["max"][3] // 32)
+        log(f"[+] exporting {MASK_FEATURES_FILE} (backbone, pixel decoder, mask-features conv) ...")
+        start = time.perf_counter()
+        onnx_model = export_graph(MaskFeatureGraph(model.frame_detector), example, dynamic or None, "images",
+                                  ["mask_features"], MASK_FEATURES_DIMS, out_dir / MASK_FEATURES_FILE, options)
+        seconds = time.perf_counter() - start
+        entries["mask_features"] = _entry(onnx_model, out_dir / MASK_FEATURES_FILE, {"images": p}, seconds)
+        log(f"      wrote {out_dir / MASK_FEATURES_FILE} ({entries['mask_features']['size_bytes'] / 2**20:.1f} MiB, "
+            f"{seconds:.1f} s)")
 
     import onnxscript
     manifest = {

@@ -2,6 +2,7 @@
 
     images (N, 3, H, W) --FrameDetector--> frame_queries (N, fQ, C), mask_features (N, C, H/4, W/4)
     frame_queries of all T frames (T, fQ, C) --VitaHead--> class_logits (cQ, K+1), mask_embed (cQ, C)
+    images (N, 3, H, W) --MaskFeatureGraph--> mask_features (N, C, H/4, W/4)   (recompute mode, no decoder)
 
 Nothing else crosses the boundary. Video masks are `einsum("qc,tchw->qthw", mask_embed, mask_features)`,
 computed in post-processing (`vita_deploy.inference`).
@@ -57,6 +58,12 @@ class FrameDetector(nn.Module):
         out = self.predictor(multi_scale, mask_features, last_only=True)
         return out.frame_queries[-1], self.vita_mask_features(clip_mask_features)
 
+    def mask_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The mask-feature graph: images (N, 3, H, W) -> VITA's mask_features (N, C, H/4, W/4), equal to
+        `forward(images)[1]` without the frame decoder (recompute mode re-runs only this)."""
+        _, clip_mask_features, _ = self.pixel_decoder(self.backbone(images))
+        return self.vita_mask_features(clip_mask_features)
+
     def forward_train(self, images: torch.Tensor) -> FrameDetectorTrainOutput:
         mask_features, clip_mask_features, multi_scale = self.pixel_decoder(self.backbone(images))
         out = self.predictor(multi_scale, mask_features)
@@ -66,6 +73,22 @@ class FrameDetector(nn.Module):
             frame_queries=out.frame_queries[-self.num_last_layers:],
             mask_features=self.vita_mask_features(clip_mask_features),
         )
+
+
+class MaskFeatureGraph(nn.Module):
+    """A frame detector's mask-feature graph (backbone -> pixel decoder -> VITA's mask-features conv) as a
+    module of its own, for export: the submodules are the detector's own (shared weights, same state-dict keys)."""
+
+    def __init__(self, detector: FrameDetector) -> None:
+        super().__init__()
+        self.backbone = detector.backbone
+        self.pixel_decoder = detector.pixel_decoder
+        self.vita_mask_features = detector.vita_mask_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) -> mask_features (N, C, H/4, W/4)."""
+        _, clip_mask_features, _ = self.pixel_decoder(self.backbone(images))
+        return self.vita_mask_features(clip_mask_features)
 
 
 class VitaModel(nn.Module):

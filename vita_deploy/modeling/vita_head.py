@@ -34,6 +34,14 @@ class VitaHeadTrainOutput:
     pred_cq_embed: torch.Tensor
 
 
+WINDOW_GROUP = 32  # windows per encoder batch in eager inference (bounds the encoder's memory on long videos)
+
+
+def _eager_inference() -> bool:
+    """Eager, no autograd, not being exported or compiled: where the encoder may run windows in groups."""
+    return not (torch.is_grad_enabled() or torch.compiler.is_exporting() or torch.compiler.is_compiling())
+
+
 def shifted_window_bias(pad_mask: torch.Tensor, window: int, num_queries: int) -> torch.Tensor:
     """Attention bias of the shifted windows: pad_mask (N, T_pad) True on padded frames -> (N*Nw, 1, W*fQ, W*fQ).
 
@@ -88,7 +96,14 @@ class VitaHead(nn.Module):
             x = torch.roll(x, shift, 0)
         # (T_pad, fQ, N, C) -> (Nw, W, fQ, N, C) -> (W*fQ, N*Nw, C), window-major inside each video
         x = x.view(nw, self.window, fq, n, c).permute(1, 2, 3, 0, 4).reshape(self.window * fq, n * nw, c)
-        x = self.enc_ffn[i](self.enc_self_attn[i](x, attn_bias=bias))
+        if _eager_inference() and n * nw > WINDOW_GROUP:
+            # Windows are independent: on long videos run them in groups, so the attention weights and FFN
+            # activations stay bounded instead of growing with T (exported graphs keep the single batch).
+            x = torch.cat([self.enc_ffn[i](self.enc_self_attn[i](x[:, j:j + WINDOW_GROUP],
+                                                                 attn_bias=bias[j:j + WINDOW_GROUP]))
+                           for j in range(0, n * nw, WINDOW_GROUP)], 1)
+        else:
+            x = self.enc_ffn[i](self.enc_self_attn[i](x, attn_bias=bias))
         x = x.reshape(self.window, fq, n, nw, c).permute(3, 0, 1, 2, 4).reshape(t_pad, fq, n, c)
         return torch.roll(x, -shift, 0) if shift else x
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vita_deploy.inference import DetectorFn, VitaFn
+from vita_deploy.inference import DetectorFn, MaskFeaturesFn, VitaFn
 
 DETECTOR_INPUTS, DETECTOR_OUTPUTS = ("images",), ("frame_queries", "mask_features")
 VITA_INPUTS, VITA_OUTPUTS = ("frame_queries",), ("class_logits", "mask_embed")
+MASK_FEATURES_INPUTS, MASK_FEATURES_OUTPUTS = ("images",), ("mask_features",)
 
 
 class RuntimeMismatchError(ValueError):
@@ -70,3 +71,13 @@ def graphs_from_engines(detector: Engine, vita: Engine) -> tuple[DetectorFn, Vit
         return out["class_logits"].float(), out["mask_embed"].float()
 
     return run_detector, run_vita
+
+
+def mask_features_from_engine(engine: Engine) -> MaskFeaturesFn:
+    """The mask-feature graph's engine -> MaskFeaturesFn for run_video's recompute mode (float32 output)."""
+    engine.check_io(MASK_FEATURES_INPUTS, MASK_FEATURES_OUTPUTS)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return engine.infer({"images": images})["mask_features"].float()
+
+    return run

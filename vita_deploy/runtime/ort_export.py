@@ -14,16 +14,17 @@ import torch
 
 from vita_deploy.export.onnx_export import load_manifest
 from vita_deploy.export.plugin import PLUGIN_OP, with_plugin_function
-from vita_deploy.inference import DetectorFn, VitaFn
-from vita_deploy.runtime.base import graphs_from_engines
+from vita_deploy.inference import DetectorFn, MaskFeaturesFn, VitaFn
+from vita_deploy.runtime.base import graphs_from_engines, mask_features_from_engine
 from vita_deploy.runtime.ort_engine import OrtEngine
 
-GRAPHS = ("frame_detector", "vita_head")
+GRAPHS = ("frame_detector", "vita_head", "mask_features")
 
 
 def ort_engine(export_dir: str | Path, graph: str, device: torch.device | str = "cpu",
                threads: int | None = None) -> OrtEngine:
-    """OrtEngine for graph "frame_detector" or "vita_head" of an export (plugin nodes run as a local function)."""
+    """OrtEngine for graph "frame_detector", "vita_head" or "mask_features" of an export (plugin nodes run as a
+    local function)."""
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
     manifest = load_manifest(export_dir)
@@ -46,3 +47,11 @@ def ort_graphs(export_dir: str | Path, device: torch.device | str = "cpu", threa
     """(DetectorFn, VitaFn) running the export's two ONNX graphs in ONNX Runtime; outputs are float32 tensors."""
     return graphs_from_engines(ort_engine(export_dir, "frame_detector", device, threads),
                                ort_engine(export_dir, "vita_head", device, threads))
+
+def ort_mask_features(export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None
+                      ) -> MaskFeaturesFn | None:
+    """The export's mask-feature graph in ONNX Runtime (recompute mode), or None when the export has none
+    (exports made before the graph existed: re-export for recompute mode)."""
+    if "mask_features" not in load_manifest(export_dir)["graphs"]:
+        return None
+    return mask_features_from_engine(ort_engine(export_dir, "mask_features", device, threads))

@@ -149,14 +149,20 @@ class SwinTransformerBlock(nn.Module):
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """x (N, H, W, C); attn_mask (nW, ws*ws, ws*ws) of the padded map (used by shifted blocks) -> (N, H, W, C)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, nh: int | None = None,
+                nw: int | None = None) -> torch.Tensor:
+        """x (N, H, W, C); attn_mask (nW, ws*ws, ws*ws) of the padded map (used by shifted blocks); nh, nw: the
+        window counts ceil(H/ws), ceil(W/ws) when the caller has them -> (N, H, W, C)."""
         n, h, w, c = x.shape
         ws = self.window_size
         shortcut = x
         x = self.norm1(x)
-        x = F.pad(x, (0, 0, 0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws))  # zeros after the norm, as official
-        hp, wp = x.shape[1], x.shape[2]
+        # Pad to whole windows with zeros after the norm, as official. The padded size is written as
+        # (number of windows) * ws so that the exporter's symbolic shapes stay simple (no Mod to prove).
+        nh = (h + ws - 1) // ws if nh is None else nh
+        nw = (w + ws - 1) // ws if nw is None else nw
+        hp, wp = nh * ws, nw * ws
+        x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
         if self.shift_size:
             x = roll2d(x, -self.shift_size)
         windows = window_partition(x, ws).view(-1, ws * ws, c)
@@ -176,10 +182,15 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
         self.norm = LayerNorm(4 * dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[1], x.shape[2]
-        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+    def forward(self, x: torch.Tensor, h2: int | None = None, w2: int | None = None) -> torch.Tensor:
+        """h2, w2: the output size ceil(H/2), ceil(W/2), when the caller has it in a simpler form for export."""
+        n, h, w, c = x.shape
+        h2 = (h + 1) // 2 if h2 is None else h2
+        w2 = (w + 1) // 2 if w2 is None else w2
+        x = F.pad(x, (0, 0, 0, 2 * w2 - w, 0, 2 * h2 - h))
+        # (N, h2, 2 rows, w2, 2 cols, C) -> channels [row 0 col 0, row 1 col 0, row 0 col 1, row 1 col 1] (the
+        # official x0, x1, x2, x3), by a reshape instead of strided slices (simpler symbolic shapes in export).
+        x = x.view(n, h2, 2, w2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(n, h2, w2, 4 * c)
         return self.reduction(self.norm(x))
 
 
@@ -196,14 +207,14 @@ class SwinStage(nn.Module):
             for i in range(depth))
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, H, W, C) -> the stage output before merging (N, H, W, C)."""
+    def forward(self, x: torch.Tensor, nh: int | None = None, nw: int | None = None) -> torch.Tensor:
+        """x (N, H, W, C) -> the stage output before merging (N, H, W, C); nh, nw: window counts (optional)."""
         ws = self.window_size
-        hp = (x.shape[1] + ws - 1) // ws * ws
-        wp = (x.shape[2] + ws - 1) // ws * ws
-        mask = shifted_window_mask(hp, wp, ws, self.shift_size, x.device)
+        nh = (x.shape[1] + ws - 1) // ws if nh is None else nh
+        nw = (x.shape[2] + ws - 1) // ws if nw is None else nw
+        mask = shifted_window_mask(nh * ws, nw * ws, ws, self.shift_size, x.device)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, nh, nw)
         return x
 
 
@@ -216,10 +227,13 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.norm = LayerNorm(embed_dim) if norm else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hq: int | None = None, wq: int | None = None) -> torch.Tensor:
+        """hq, wq: the token grid ceil(H/p), ceil(W/p), when the caller has it."""
         p = self.patch_size
         h, w = x.shape[-2:]
-        x = self.proj(F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p)))
+        hq = (h + p - 1) // p if hq is None else hq
+        wq = (w + p - 1) // p if wq is None else wq
+        x = self.proj(F.pad(x, (0, wq * p - w, 0, hq * p - h)))
         if self.norm is not None:
             x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return x
@@ -249,16 +263,23 @@ class SwinTransformer(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.patch_embed(x)
+        # Stage sizes straight from the image size: ceil(ceil(H/4)/2) = ceil(H/8) and so on. Written this way
+        # the exporter sees (H + 7)//8 rather than nested floor divisions, which keeps torch.export fast.
+        h, w = x.shape[-2:]
+        p = self.cfg.patch_size
+        sizes = [((h + p * 2**i - 1) // (p * 2**i), (w + p * 2**i - 1) // (p * 2**i)) for i in range(4)]
+        ws = self.cfg.window_size * p  # window counts likewise: ceil(ceil(H/4/2^i)/ws) = ceil(H/(4*2^i*ws))
+        windows = [((h + ws * 2**i - 1) // (ws * 2**i), (w + ws * 2**i - 1) // (ws * 2**i)) for i in range(4)]
+        x = self.patch_embed(x, *sizes[0])
         if self.cfg.ape:
             x = x + F.interpolate(self.absolute_pos_embed, size=x.shape[-2:], mode="bicubic")
         x = x.permute(0, 2, 3, 1)  # (N, H/4, W/4, C)
         outputs = {}
         for i, stage in enumerate(self.layers):
-            x = stage(x)
+            x = stage(x, *windows[i])
             outputs[f"res{i + 2}"] = getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous()
             if stage.downsample is not None:
-                x = stage.downsample(x)
+                x = stage.downsample(x, *sizes[i + 1])
         return outputs
 
 

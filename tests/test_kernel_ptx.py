@@ -35,6 +35,23 @@ def test_ptx_header_entry_and_parameters_match_the_plugin_launch(compiled, cc):
 
 
 @pytest.mark.parametrize("cc", P.COMPUTE_CAPABILITIES)
+def test_plugin_ptx_has_exactly_the_parameters_tensorrt_passes(compiled, cc):
+    """The AOT plugin drops Triton's unused scratch pointers: 5 inputs, 3 int32 extras, 1 output remain."""
+    ptx = P.without_hidden_params(compiled[cc].ptx, P.triton_hidden_params())
+    header = P.read_ptx(ptx)
+    assert header.params == P.expected_params(0) and header.entry == compiled[cc].name
+    P.assemble(ptx, header.target)
+
+
+def test_scratch_parameters_that_the_body_reads_are_not_dropped(compiled):
+    ptx = compiled[90].ptx
+    last = f"{compiled[90].name}_param_{len(P.read_ptx(ptx).params) - 1}"
+    body_reads_it = ptx.replace("\tret;", f"\tld.param.u64 \t%rd999, [{last}];\n\tret;", 1)
+    with pytest.raises(ValueError, match="scratch"):
+        P.without_hidden_params(body_reads_it, 2)
+
+
+@pytest.mark.parametrize("cc", P.COMPUTE_CAPABILITIES)
 def test_ptxas_assembles_the_ptx_without_spills(compiled, cc):
     header = P.read_ptx(compiled[cc].ptx)
     cubin, report = P.assemble(compiled[cc].ptx, header.target, verbose=True)

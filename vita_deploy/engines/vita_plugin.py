@@ -96,7 +96,7 @@ def register() -> str:
     import tensorrt as trt
     import tensorrt.plugin as trtp
 
-    from vita_deploy.kernels.ptx import compile_ptx
+    from vita_deploy.kernels.ptx import compile_ptx, triton_hidden_params, without_hidden_params
 
     @trtp.register(PLUGIN_ID)
     def _desc(value: trtp.TensorDesc, spatial_shapes: trtp.TensorDesc, level_start_index: trtp.TensorDesc,
@@ -127,6 +127,8 @@ def register() -> str:
         extras = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in extra_args(vshape, lshape)])
         log.info("%s: PTX for sm_%d%d (%d bytes, %d warps)", PLUGIN_ID, major, minor, len(compiled.ptx),
                  compiled.num_warps)
-        return compiled.name.encode(), compiled.ptx.encode(), params, extras
+        # TensorRT passes inputs, the int extras and outputs only: drop the scratch pointers Triton appends.
+        ptx = without_hidden_params(compiled.ptx, triton_hidden_params())
+        return compiled.name.encode(), ptx.encode(), params, extras
 
     return PLUGIN_ID

@@ -117,9 +117,28 @@ def read_ptx(ptx: str) -> PTXHeader:
 
 
 def expected_params(triton_hidden: int) -> tuple[str, ...]:
-    """PTX parameter types the AOT plugin's launch must match: 5 input pointers, 3 int32 extras, 1 output
-    pointer, then `triton_hidden` pointers Triton appends itself (global and profile scratch since 3.5)."""
+    """PTX parameter types of the kernel: 5 input pointers, 3 int32 extras, 1 output pointer (what TensorRT's AOT
+    launch passes), then `triton_hidden` pointers Triton appends itself (global and profile scratch since 3.5;
+    `without_hidden_params` removes them for the plugin)."""
     return (".u64",) * len(INPUTS) + (".u32",) * len(EXTRA_ARGS) + (".u64",) * len(OUTPUTS) + (".u64",) * triton_hidden
+
+
+def without_hidden_params(ptx: str, hidden: int) -> str:
+    """The PTX with the last `hidden` entry parameters removed: the global/profile scratch pointers Triton >= 3.5
+    appends, which TensorRT's AOT launch (inputs, int extras, outputs) does not pass. Only allowed where the body
+    never reads them (this kernel needs no scratch memory); raises otherwise."""
+    if hidden == 0:
+        return ptx
+    header = read_ptx(ptx)
+    lines = ptx.splitlines(keepends=True)
+    names = [f"{header.entry}_param_{i}" for i in range(len(header.params) - hidden, len(header.params))]
+    decl = [i for i, line in enumerate(lines) if any(re.search(rf"\.param\s.*\b{n}\b", line) for n in names)]
+    used = [line for i, line in enumerate(lines) if i not in decl and any(re.search(rf"\b{n}\b", line) for n in names)]
+    if len(decl) != hidden or used:
+        raise ValueError(f"the kernel reads Triton's scratch parameters {names}: it cannot run as a TensorRT AOT plugin")
+    first = decl[0]
+    lines[first - 1] = lines[first - 1].rstrip().rstrip(",") + "\n"  # the parameter before them ends the list
+    return "".join(line for i, line in enumerate(lines) if i not in decl)
 
 
 def triton_hidden_params() -> int:

@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vita_deploy import cli  # noqa: E402
 from vita_deploy.config import canonical_config_name, config_names, get_config  # noqa: E402
 from vita_deploy.modeling.model import build_model  # noqa: E402
 from vita_deploy.preprocess import padded_size, shortest_edge_size  # noqa: E402
@@ -32,14 +33,15 @@ def median_ms(fn, repeats: int, warmup: int) -> float:
     return statistics.median(times) * 1000
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--configs", nargs="+", default=["tiny", "r50-ytvis19"], choices=config_names(),
                    type=canonical_config_name)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--frames", type=int, default=36, help="T for the VITA head")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=cli.positive_int, default=2)
+    p.add_argument("--frames", type=cli.positive_int, default=36, help="T for the VITA head")
+    p.add_argument("--repeats", type=cli.positive_int, default=5)
+    p.add_argument("--warmup", type=cli.nonnegative_int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     for name in a.configs:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vita_deploy.config import ModelConfig
+from vita_deploy.files import atomic_write_text
 from vita_deploy.inference import DetectorFn, VitaFn, run_video
 from vita_deploy.video_io import open_video
 
@@ -201,12 +202,12 @@ def write_markdown(results: list[RunResult], path: Path, env: dict, memory: list
                      else f"not run ({m.get('naive_skipped', 'skipped')}) | -")
             lines.append(f"| {m['frames']} | {m['streaming_host_peak_mb']:.0f} | {gpu} | {m['streaming_s']:.1f} "
                          f"| {naive} |")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_json(results: list[RunResult], path: Path, env: dict, extra: dict | None = None) -> None:
-    path.write_text(json.dumps({"environment": env, "results": [asdict(r) for r in results], **(extra or {})},
-                               indent=2))
+    atomic_write_text(path, json.dumps({"environment": env, "results": [asdict(r) for r in results], **(extra or {})},
+                                       indent=2))
 
 
 def _save_plot(fig, ax, path: Path) -> None:

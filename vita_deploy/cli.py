@@ -8,7 +8,8 @@
 A command's own error types (CheckpointError, VideoReadError, ExportError, EngineBuildError, InputError, ...)
 and OS errors on the paths the user gave become `error: <what> (<path>): <how to fix>` on stderr and exit
 code 2. Anything else is a bug: its traceback is printed with a one-line hint to report it (exit code 1).
-Argument errors are argparse's (`usage: ...`, exit code 2).
+Argument errors are argparse's (`usage: ... error: ...`, exit code 2). The wrapped `main(argv)` always returns
+the exit code (it does not raise SystemExit), so in-process callers and `sys.exit(main())` see the same code.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def _is_user_path(filename: str | os.PathLike, argv: list[str]) -> bool:
     target = Path(os.path.abspath(filename))
     for p in _argv_paths(argv):
         p = Path(os.path.abspath(p))
-        if target == p or p in target.parents or target.parent == p.parent:
+        if target == p or p in target.parents or target in p.parents or target.parent == p.parent:
             return True
     return False
 
@@ -98,6 +99,10 @@ def handle(e: BaseException, argv: list[str]) -> int | None:
     if isinstance(e, user_error_types()):
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        print(f"error: the Python package {e.name!r} is not installed ({e}): install it (see README, e.g. "
+              "`pip install -e '.[dev]'`) or pick another backend", file=sys.stderr)
+        return EXIT_USER_ERROR
     if isinstance(e, OSError) and (e.errno in _USER_ERRNOS
                                    or (e.filename is not None and _is_user_path(e.filename, argv))):
         print(f"error: {os_error_message(e)}", file=sys.stderr)
@@ -106,10 +111,15 @@ def handle(e: BaseException, argv: list[str]) -> int | None:
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run `main(argv)` inside the error boundary; returns the exit code (argparse's SystemExit passes through)."""
+    """Run `main(argv)` inside the error boundary; returns the exit code (argparse's exit becomes its code, 2)."""
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = main(argv_list)
+        code = main(argv)  # None stays None: main reads sys.argv itself (benchmarks record the script's command)
+    except SystemExit as e:  # argparse (usage already printed), --help, or sys.exit("message")
+        if isinstance(e.code, str):
+            print(f"error: {e.code}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        return int(e.code or 0)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

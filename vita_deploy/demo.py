@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
+from vita_deploy import cli
 from vita_deploy.data.synthetic import generate_split
+from vita_deploy.errors import OutputClobberError
 from vita_deploy.data.ytvis_json import load_ytvis_json
 from vita_deploy.evaluation import evaluate_ytvis
 from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
@@ -23,15 +25,21 @@ from vita_deploy.render import render_video
 from vita_deploy.video_io import read_image
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--videos", type=int, default=4, help="synthetic videos to generate and segment")
-    p.add_argument("--seed", type=int, default=2024, help="data seed (disjoint from the training seed)")
-    p.add_argument("--checkpoint", help="default: the shipped tiny checkpoint")
-    p.add_argument("--render", type=int, default=2, help="how many videos to render as mp4")
+    p.add_argument("--out", type=cli.output_dir, default="outputs/demo",
+                   help="output folder (empty, new, or a previous demo's; anything else needs --overwrite)")
+    p.add_argument("--videos", type=cli.positive_int, default=4, help="synthetic videos to generate and segment")
+    p.add_argument("--seed", type=cli.nonnegative_int, default=2024, help="data seed (disjoint from the training seed)")
+    p.add_argument("--checkpoint", type=cli.existing_file, help="default: the shipped tiny checkpoint")
+    p.add_argument("--render", type=cli.nonnegative_int, default=2, help="how many videos to render as mp4")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not a demo's")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "data" / "valid.json").is_file() and not args.overwrite:
+        raise OutputClobberError("--out is a non-empty folder that is not a previous demo's output", out,
+                                 "pass a new or empty folder, or --overwrite")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     print(f"[1/4] generating {args.videos} synthetic videos (seed {args.seed}) in {out / 'data'}")

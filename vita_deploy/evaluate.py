@@ -10,38 +10,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from vita_deploy.data.ytvis_json import YTVISFormatError
-from vita_deploy.evaluation import YTVISResultsError, evaluate_ytvis, format_metrics
+from vita_deploy import cli
+from vita_deploy.evaluation import evaluate_ytvis, format_metrics
+from vita_deploy.files import atomic_write_text, refuse_clobber
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vita_deploy.evaluate",
                                 description="YouTube-VIS metrics of a results file against a labelled GT file.")
-    p.add_argument("--gt", required=True, help="ground-truth JSON with annotations (YouTube-VIS 2019/2021 layout)")
-    p.add_argument("--results", required=True,
+    p.add_argument("--gt", type=cli.existing_file, required=True, help="ground-truth JSON with annotations (YouTube-VIS 2019/2021 layout)")
+    p.add_argument("--results", type=cli.existing_file, required=True,
                    help="results JSON: a list of {video_id, category_id, score, segmentations (one RLE or null "
                         "per frame)}")
-    p.add_argument("--out", help="also write the metrics as JSON to this path")
+    p.add_argument("--out", type=cli.output_file, help="also write the metrics as JSON to this path")
     return p
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        metrics = evaluate_ytvis(args.gt, args.results)
-    except (YTVISFormatError, YTVISResultsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    refuse_clobber({"--out": args.out}, {"--gt": args.gt, "--results": args.results})
+    metrics = evaluate_ytvis(args.gt, args.results)
     print(format_metrics(metrics))
     if args.out:
-        try:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
-        except OSError as e:
-            print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
-            return 2
+        atomic_write_text(args.out, json.dumps(metrics, indent=2) + "\n")
     return 0
 
 

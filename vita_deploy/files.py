@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vita_deploy.errors import InputError, OutputClobberError
+from vita_deploy.errors import OutputClobberError
 
 PathLike = str | Path
 
@@ -125,6 +125,9 @@ def prepare_output_dir(path: PathLike, *, resume: bool = False, overwrite: bool 
         if inp is not None and (same_file(path, inp) or _inside(Path(inp), path)):
             raise OutputClobberError(f"the {what} {path} holds the input {role} {inp}: writing there could destroy it",
                                      None, "pass another output folder")
+        if inp is not None and Path(inp).is_dir() and _inside(path, Path(inp)):
+            raise OutputClobberError(f"the {what} {path} is inside the input folder {role} {inp}", None,
+                                     "pass an output folder outside it")
     if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
         raise OutputClobberError(f"the {what} already exists and is not empty", path,
                                  "pass --resume to continue in it, --overwrite to replace its files, "
@@ -136,17 +139,8 @@ def prepare_output_dir(path: PathLike, *, resume: bool = False, overwrite: bool 
     return path
 
 
-def check_writable_parent(path: PathLike, role: str) -> Path:
-    """Fail early (before hours of work) if `path`'s folder cannot be created or written."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputClobberError(f"{role} is an existing folder, not a file", path, "pass a file name")
-    parent = path.parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"{role}: a parent of the output is a file, not a folder", probe, "pass another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"{role}: the folder is not writable", probe, "pass a path in a folder you can write")
-    return path
+def ensure_parents(*paths: PathLike | None) -> None:
+    """Create the folders of the given output files now, so an unwritable path fails before the work starts."""
+    for p in paths:
+        if p is not None:
+            Path(p).parent.mkdir(parents=True, exist_ok=True)

@@ -7,45 +7,53 @@ Multi-GPU (or multi-process CPU with gloo): `torchrun --nproc_per_node N -m vita
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
+from vita_deploy import cli
 from vita_deploy.config import canonical_config_name, config_names
-from vita_deploy.data.ytvis_json import YTVISFormatError
-from vita_deploy.modeling.checkpoint import CheckpointError
+from vita_deploy.errors import InputError
+from vita_deploy.files import prepare_output_dir
 from vita_deploy.training.trainer import Trainer, TrainConfig
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
+def parse_args(argv: list[str] | None = None, with_overwrite: bool = False):
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "out")}
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="YouTube-VIS folder with train.json and train/JPEGImages")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, loss_curve.png")
+    p.add_argument("--data", type=cli.existing_dir, required=True, help="YouTube-VIS folder with train.json and train/JPEGImages")
+    p.add_argument("--out", type=cli.output_dir, required=True,
+                   help="run folder: checkpoints, log.jsonl, loss_curve.png (an existing one needs --resume or "
+                        "--overwrite)")
     p.add_argument("--config", default=defaults["config"], choices=config_names(), type=canonical_config_name)
     g = p.add_argument_group("schedule")
-    g.add_argument("--iters", type=int, default=defaults["iters"])
-    g.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="clips per process")
-    g.add_argument("--num-frames", type=int, default=defaults["num_frames"], help="frames per clip (T)")
-    g.add_argument("--sampling-frame-range", type=int, default=defaults["sampling_frame_range"])
-    g.add_argument("--lr", type=float, default=defaults["lr"])
-    g.add_argument("--backbone-lr-mult", type=float, default=defaults["backbone_lr_mult"],
+    g.add_argument("--iters", type=cli.positive_int, default=defaults["iters"])
+    g.add_argument("--batch-size", type=cli.positive_int, default=defaults["batch_size"], help="clips per process")
+    g.add_argument("--num-frames", type=cli.positive_int, default=defaults["num_frames"], help="frames per clip (T)")
+    g.add_argument("--sampling-frame-range", type=cli.nonnegative_int, default=defaults["sampling_frame_range"])
+    g.add_argument("--lr", type=cli.positive_float, default=defaults["lr"])
+    g.add_argument("--backbone-lr-mult", type=cli.nonnegative_float, default=defaults["backbone_lr_mult"],
                    help="backbone lr factor: 0.1 fine-tunes a pretrained backbone (official); 1.0 from scratch")
-    g.add_argument("--warmup-iters", type=int, default=defaults["warmup_iters"])
-    g.add_argument("--clip-grad", type=float, default=defaults["clip_grad"])
-    g.add_argument("--num-points", type=int, default=defaults["num_points"], help="points per mask in losses")
+    g.add_argument("--warmup-iters", type=cli.nonnegative_int, default=defaults["warmup_iters"])
+    g.add_argument("--clip-grad", type=cli.nonnegative_float, default=defaults["clip_grad"])
+    g.add_argument("--num-points", type=cli.positive_int, default=defaults["num_points"], help="points per mask in losses")
     g = p.add_argument_group("run")
-    g.add_argument("--eval-every", type=int, default=defaults["eval_every"], help="0 disables evaluation")
-    g.add_argument("--eval-videos", type=int, default=defaults["eval_videos"], help="0 = whole valid split")
-    g.add_argument("--ckpt-every", type=int, default=defaults["ckpt_every"])
-    g.add_argument("--log-every", type=int, default=defaults["log_every"])
-    g.add_argument("--workers", type=int, default=defaults["workers"])
+    g.add_argument("--eval-every", type=cli.nonnegative_int, default=defaults["eval_every"], help="0 disables evaluation")
+    g.add_argument("--eval-videos", type=cli.nonnegative_int, default=defaults["eval_videos"], help="0 = whole valid split")
+    g.add_argument("--ckpt-every", type=cli.positive_int, default=defaults["ckpt_every"])
+    g.add_argument("--log-every", type=cli.positive_int, default=defaults["log_every"])
+    g.add_argument("--workers", type=cli.nonnegative_int, default=defaults["workers"])
     g.add_argument("--seed", type=int, default=defaults["seed"])
-    g.add_argument("--device", default=defaults["device"])
+    g.add_argument("--device", type=cli.device, default=defaults["device"])
     g.add_argument("--no-amp", action="store_true", help="disable fp16 autocast on CUDA")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from RUN/last.pth (or the given checkpoint)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over in an existing run folder (its checkpoints and log are replaced)")
     a = p.parse_args(argv)
+    if a.resume and a.overwrite:
+        p.error("--resume continues the run in --out and --overwrite starts it over: pass one of them")
     cfg = TrainConfig(data=a.data, out=a.out, config=a.config, iters=a.iters, batch_size=a.batch_size,
                       num_frames=a.num_frames, sampling_frame_range=a.sampling_frame_range, lr=a.lr,
                       backbone_lr_mult=a.backbone_lr_mult, warmup_iters=a.warmup_iters, clip_grad=a.clip_grad,
@@ -57,20 +65,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
         resume = str(Path(a.out) / "last.pth")
     elif a.resume:
         resume = a.resume
-    return cfg, resume
+    return (cfg, resume, a.overwrite) if with_overwrite else (cfg, resume)
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
-    cfg, resume = parse_args(argv)
-    try:
-        trainer = Trainer(cfg)
-        if resume:
-            trainer.resume(resume)
-            print(f"resumed from {resume} at iteration {trainer.iteration}")
-        metrics = trainer.train()
-    except (YTVISFormatError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, resume, overwrite = parse_args(argv, with_overwrite=True)
+    if resume and not Path(resume).is_file():
+        raise InputError("the checkpoint to resume from does not exist", resume,
+                         "pass --resume PATH of a last.pth, or leave --resume out to start a new run")
+    if not (Path(cfg.data) / "train.json").is_file():
+        raise InputError("--data has no train.json: the file does not exist", Path(cfg.data) / "train.json", "pass a YouTube-VIS folder with train.json and "
+                         "train/JPEGImages (e.g. from `python -m vita_deploy.data.synthetic`)")
+    if os.environ.get("RANK", "0") == "0":  # other ranks of torchrun find the folder rank 0 made
+        prepare_output_dir(cfg.out, resume=bool(resume), overwrite=overwrite, what="run folder (--out)",
+                           inputs={"--data": cfg.data, "--resume": resume if resume and not
+                                   Path(resume).resolve().is_relative_to(Path(cfg.out).resolve()) else None})
+    trainer = Trainer(cfg)
+    if resume:
+        trainer.resume(resume)
+        print(f"resumed from {resume} at iteration {trainer.iteration}")
+    metrics = trainer.train()
     if metrics:
         print("final val: " + "  ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
     return 0

@@ -20,7 +20,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from vita_deploy import cli
 from vita_deploy.config import SYNTHETIC_CLASSES
+from vita_deploy.errors import OutputClobberError
 
 # Hue (OpenCV 0-180) centre per category and its texture, so classes differ in shape, colour and texture.
 CATEGORY_STYLE = {"circle": (0, "stripes"), "square": (30, "checker"), "triangle": (60, "dots"),
@@ -207,19 +209,34 @@ def generate_split(out_dir: str | Path, split: str, num_videos: int, seed: int, 
     return json_path
 
 
+def split_name(text: str) -> str:
+    """A split name: a plain folder/file stem such as train or valid (no path separators)."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a split name: use a plain name such as train or valid")
+    return text
+
+
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--videos", type=int, required=True, help="videos in the split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="train")
-    p.add_argument("--val-videos", type=int, default=0, help="also write a disjoint 'valid' split with annotations")
-    p.add_argument("--min-frames", type=int, default=6)
-    p.add_argument("--max-frames", type=int, default=36)
+    p.add_argument("--out", type=cli.output_dir, required=True, help="dataset folder")
+    p.add_argument("--videos", type=cli.positive_int, required=True, help="videos in the split")
+    p.add_argument("--seed", type=cli.nonnegative_int, default=0)
+    p.add_argument("--split", type=split_name, default="train")
+    p.add_argument("--val-videos", type=cli.nonnegative_int, default=0,
+                   help="also write a disjoint 'valid' split with annotations")
+    p.add_argument("--min-frames", type=cli.positive_int, default=6)
+    p.add_argument("--max-frames", type=cli.positive_int, default=36)
+    p.add_argument("--overwrite", action="store_true", help="replace splits that already exist in --out")
     a = p.parse_args(argv)
-    if a.min_frames < 1 or a.max_frames < a.min_frames:
-        print("error: need 1 <= --min-frames <= --max-frames", file=sys.stderr)
-        return 2
+    if a.max_frames < a.min_frames:
+        p.error(f"--min-frames {a.min_frames} is above --max-frames {a.max_frames}: need --min-frames <= --max-frames")
+    splits = [a.split] + (["valid"] if a.val_videos else [])
+    out = Path(a.out)
+    existing = [str(x) for sp in splits for x in (out / f"{sp}.json", out / sp) if x.exists()]
+    if existing and not a.overwrite:
+        raise OutputClobberError(f"the dataset folder already holds {', '.join(existing)}", out,
+                                 "pass --overwrite to replace those splits, or another --out")
     paths = [generate_split(a.out, a.split, a.videos, a.seed, a.min_frames, a.max_frames)]
     if a.val_videos:
         # A different seed stream (seed + 10^6) keeps the valid split disjoint from train.

@@ -53,15 +53,55 @@ def segmentation_problem(segm, height: int, width: int) -> str | None:
         return f"RLE 'size' {size} does not match the video's [height, width] = [{height}, {width}]"
     counts = segm["counts"]
     if isinstance(counts, list):
-        try:
-            total = sum(counts)
-        except TypeError:
-            return "uncompressed RLE 'counts' must be a list of ints"
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            return "uncompressed RLE 'counts' must be a list of non-negative ints"
+        total = sum(counts)
         if total != height * width:
             return f"uncompressed RLE 'counts' sum to {total}, not height*width = {height * width}"
         return None
     if not isinstance(counts, (str, bytes)):
         return "RLE 'counts' must be a list of ints (uncompressed) or a string (compressed)"
+    return compressed_counts_problem(counts, height * width)
+
+
+def compressed_counts_problem(counts: str | bytes, total: int) -> str | None:
+    """What is wrong with a compressed (COCO LEB128-style) RLE string for a mask of `total` pixels, or None.
+
+    Decoded here in Python before pycocotools sees it: pycocotools' decoder does not check the characters or
+    the run lengths, so a garbage string can make it allocate and loop for minutes."""
+    if isinstance(counts, bytes):
+        try:
+            counts = counts.decode("ascii")
+        except UnicodeDecodeError:
+            return "compressed RLE 'counts' must be ASCII"
+    if len(counts) > 8 * total + 16:
+        return f"compressed RLE 'counts' is {len(counts)} characters, too long for a {total}-pixel mask"
+    cnts: list[int] = []
+    pos, n, seen = 0, len(counts), 0
+    while pos < n:
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= n:
+                return "compressed RLE 'counts' ends in the middle of a number (truncated)"
+            c = ord(counts[pos]) - 48
+            if not 0 <= c < 64:
+                return f"compressed RLE 'counts' has the character {counts[pos]!r} at {pos} (allowed: '0'..'o')"
+            value |= (c & 0x1F) << (5 * shift)
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 1
+            if not more and (c & 0x10):
+                value |= -1 << (5 * shift)
+        if len(cnts) > 2:  # pycocotools' rleFrString: runs after the second are deltas to the run two back
+            value += cnts[-2]
+        if value < 0:
+            return f"compressed RLE 'counts' decodes to a negative run length ({value}) at run {len(cnts)}"
+        seen += value
+        if seen > total:
+            return f"compressed RLE 'counts' run lengths exceed the mask's {total} pixels"
+        cnts.append(value)
+    if seen != total:
+        return f"compressed RLE 'counts' run lengths sum to {seen}, not height*width = {total}"
     return None
 
 

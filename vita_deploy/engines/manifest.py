@@ -43,7 +43,7 @@ def read_manifest(manifest_path: str | Path) -> dict:
     if path.is_dir():
         path = path / "manifest.json"
     try:  # one reader of the export format: the exporter's
-        manifest = load_manifest(path.parent)
+        manifest = load_manifest(path.parent, check_graphs=True)
     except ExportError as e:
         raise ManifestError(str(e)) from None
     graphs = manifest.get("graphs")

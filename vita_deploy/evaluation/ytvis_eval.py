@@ -93,6 +93,9 @@ def _load_results(results: str | Path | list, gt: dict) -> list[_Track]:
             if key not in r:
                 raise YTVISResultsError(f"result {i} has no '{key}'; each result needs video_id, category_id, "
                                         "score and segmentations")
+        for key in ("video_id", "category_id"):
+            if isinstance(r[key], bool) or not isinstance(r[key], int):
+                raise YTVISResultsError(f"result {i}: '{key}' must be an int, found {r[key]!r:.60}")
         if r["video_id"] not in videos:
             raise YTVISResultsError(f"result {i}: video_id {r['video_id']!r} is not in the ground truth (results do "
                                     "not correspond to this annotation file)")
@@ -100,8 +103,8 @@ def _load_results(results: str | Path | list, gt: dict) -> list[_Track]:
             raise YTVISResultsError(f"result {i}: category_id {r['category_id']!r} is not among the ground-truth "
                                     f"categories {sorted(categories)}; write dataset ids, not contiguous indices")
         score = r["score"]
-        if isinstance(score, bool) or not isinstance(score, Real) or not math.isfinite(score):
-            raise YTVISResultsError(f"result {i}: 'score' must be a finite number, found {score!r}")
+        if isinstance(score, bool) or not isinstance(score, Real) or not math.isfinite(score) or score < 0:
+            raise YTVISResultsError(f"result {i}: 'score' must be a finite number >= 0, found {score!r:.60}")
         video = videos[r["video_id"]]
         segs = r["segmentations"]
         if not isinstance(segs, list) or len(segs) != video["length"]:

@@ -46,6 +46,7 @@ OPSET = 18
 DETECTOR_FILE, VITA_FILE, MANIFEST_FILE = "frame_detector.onnx", "vita_head.onnx", "manifest.json"
 MASK_FEATURES_FILE = "mask_features.onnx"  # the detector without its frame decoder (recompute mode)
 GRAPHS = ("frame_detector", "vita_head", "mask_features")
+DEFORM_ATTN_MODES = ("plugin", "vita-plugin", "native")
 # Symbolic dims of the graph inputs/outputs, renamed from torch.export's names (s25, 8*s48, ...).
 DETECTOR_DIMS = {"images": ["batch", None, "height", "width"], "frame_queries": ["batch", None, None],
                  "mask_features": ["batch", None, "height/4", "width/4"]}
@@ -273,17 +274,64 @@ def _entry(model: onnx.ModelProto, path: Path, profiles: dict, seconds: float) -
             "export_s": round(seconds, 2)}
 
 
-def load_manifest(export_dir: str | Path) -> dict:
-    """Read and check an export's manifest.json (clear errors when missing or from another format version)."""
+def load_manifest(export_dir: str | Path, check_graphs: bool = False) -> dict:
+    """Read and check an export's manifest.json (clear errors when missing or from another format version).
+
+    check_graphs: also parse every ONNX file it names and refuse a manifest whose declared precision or I/O
+    (names, dtypes) disagrees with the graphs themselves (`check_manifest_graphs`)."""
+    if not Path(export_dir).is_dir():
+        raise ExportError(f"{export_dir} is not an export folder (it holds manifest.json and the ONNX files): pass "
+                          "the --out-dir of `python export/to_onnx.py`")
     path = Path(export_dir) / MANIFEST_FILE
     if not path.is_file():
         raise ExportError(f"{path} does not exist: export first with `python export/to_onnx.py --out-dir "
                           f"{Path(export_dir)}`")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{path} is not valid JSON ({e}); re-export") from None
-    if manifest.get("format") != "vita-deploy-export" or manifest.get("format_version") != EXPORT_FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != "vita-deploy-export" \
+            or manifest.get("format_version") != EXPORT_FORMAT_VERSION:
         raise ExportError(f"{path} is not a vita-deploy export manifest of format version {EXPORT_FORMAT_VERSION}; "
                           "re-export with this version")
+    for key, ok in (("precision", lambda v: v in ("fp32", "fp16")), ("deform_attn", lambda v: v in DEFORM_ATTN_MODES),
+                    ("config", lambda v: isinstance(v, dict)), ("graphs", lambda v: isinstance(v, dict) and v)):
+        if not ok(manifest.get(key)):
+            raise ExportError(f"{path}: '{key}' is missing or invalid ({manifest.get(key)!r:.60}): re-export")
+    for name, info in manifest["graphs"].items():
+        if not isinstance(info, dict) or not isinstance(info.get("file"), str):
+            raise ExportError(f"{path}: graph {name!r} has no 'file': re-export")
+    if check_graphs:
+        check_manifest_graphs(export_dir, manifest)
     return manifest
+
+
+def check_manifest_graphs(export_dir: str | Path, manifest: dict) -> None:
+    """Parse each ONNX file of the manifest; raise ExportError (naming the file) when one is missing, changed
+    (sha256), unreadable, or when its inputs/outputs or precision are not what the manifest declares."""
+    where = Path(export_dir) / MANIFEST_FILE
+    for name, info in manifest["graphs"].items():
+        path = Path(export_dir) / info["file"]
+        if not path.is_file():
+            raise ExportError(f"{path} (graph {name!r} of {where}) does not exist: re-export")
+        if info.get("sha256") and file_sha256(path) != info["sha256"]:
+            raise ExportError(f"{path} changed since {where} was written (sha256 differs; truncated or replaced?): "
+                              "re-export")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
+            raise ExportError(f"{path} is not a readable ONNX file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'parse error'}): the file is truncated or "
+                              "corrupt; re-export") from None
+        actual = _io(model)
+        for kind in ("inputs", "outputs"):
+            declared = [(t.get("name"), t.get("dtype")) for t in info.get(kind) or [] if isinstance(t, dict)]
+            found = [(t["name"], t["dtype"]) for t in actual[kind]]
+            if info.get(kind) is not None and declared != found:
+                raise ExportError(f"{where}: graph {name!r} declares {kind} {declared} but {path.name} has {found}: "
+                                  "the manifest was edited or belongs to another export; re-export")
+        fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+        if fp16 != (manifest["precision"] == "fp16"):
+            raise ExportError(f"{where} declares precision {manifest['precision']} but {path.name} holds "
+                              f"{'float16' if fp16 else 'only float32'} weights: the manifest was edited or "
+                              "belongs to another export; re-export")

@@ -25,6 +25,7 @@ from vita_deploy.config import ModelConfig, get_config
 from vita_deploy.data.dataset import ClipAugmentation, YTVISClipDataset, collate_clips
 from vita_deploy.data.ytvis_json import load_ytvis_json
 from vita_deploy.evaluation import evaluate_ytvis
+from vita_deploy.files import atomic_write_text
 from vita_deploy.inference import eager_graphs, run_video
 from vita_deploy.modeling.checkpoint import CheckpointError, _torch_load, load_state_dict_checked, save_checkpoint
 from vita_deploy.modeling.model import VitaModel, build_model
@@ -163,7 +164,7 @@ class Trainer:
         if log.exists():  # drop what was logged after the checkpoint: those iterations are redone
             self.history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             self.history = [h for h in self.history if h.get("iter", 0) <= self.iteration]
-            log.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+            atomic_write_text(log, "".join(json.dumps(h) + "\n" for h in self.history))
 
     # -- loop ------------------------------------------------------------------------------------------------
     def batches(self):

@@ -17,6 +17,7 @@ End-to-end time includes mp4 decoding, pre-processing, both graphs, top-k, mask 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 from pathlib import Path
@@ -25,12 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vita_deploy import cli  # noqa: E402
 from vita_deploy.config import canonical_config_name, config_names  # noqa: E402
+from vita_deploy.errors import InputError  # noqa: E402
+from vita_deploy.files import refuse_clobber  # noqa: E402
 from vita_deploy.benchmark import (RESOLUTIONS, bench_video, environment, make_benchmark_video, plot_fps,  # noqa: E402
                                    result_from_timings, write_json, write_markdown)
-from vita_deploy.export.onnx_export import ExportError, load_manifest  # noqa: E402
+from vita_deploy.export.onnx_export import load_manifest  # noqa: E402
 from vita_deploy.loading import load_model  # noqa: E402
-from vita_deploy.inference import eager_graphs  # noqa: E402
+from vita_deploy.inference import FEATURE_MODES, eager_graphs, eager_mask_features  # noqa: E402
 
 
 EXPORTED_BACKENDS = ("onnxruntime", "tensorrt")
@@ -40,15 +44,14 @@ def exports_by_precision(export_dirs: list[str], config: str) -> dict[str, str]:
     """{precision: export dir} from the manifests; refuses an export of another config or two of one precision."""
     exports: dict[str, str] = {}
     for d in export_dirs:
-        try:
-            manifest = load_manifest(d)
-        except ExportError as e:
-            raise SystemExit(f"--export {d}: {e}") from None
-        if manifest["config"]["name"] != config:
-            raise SystemExit(f"--export {d} holds the {manifest['config']['name']!r} model, not --config {config}")
+        manifest = load_manifest(d, check_graphs=True)
+        if canonical_config_name(manifest["config"]["name"]) != config:
+            raise InputError(f"--export holds the {manifest['config']['name']!r} model, not --config {config}", d,
+                             f"pass an export of {config} or --config {manifest['config']['name']}")
         precision = manifest["precision"]
         if precision in exports:
-            raise SystemExit(f"--export {exports[precision]} and {d} are both {precision}: pass one per precision")
+            raise InputError(f"--export {exports[precision]} and {d} are both {precision}", None,
+                             "pass one export per precision")
         exports[precision] = d
     return exports
 
@@ -70,9 +73,9 @@ def plan_runs(backends: list[str], precisions: list[str], device: torch.device, 
                 continue
             if backend in EXPORTED_BACKENDS and precision not in exports:
                 have = ", ".join(f"{p} ({d})" for p, d in exports.items()) or "none"
-                raise SystemExit(f"--backend {backend} --precision {precision} needs an {precision} export "
+                raise InputError(f"--backend {backend} --precision {precision} needs an {precision} export "
                                  f"(--export has: {have}). Make one with `python export/to_onnx.py --config {config} "
-                                 f"--deform-attn native --precision {precision} --out-dir DIR` and add DIR to --export.")
+                                 f"--deform-attn native --precision {precision} --out-dir DIR` and add DIR to --export")
             runs.append((backend, precision))
     return runs, not_run
 
@@ -92,31 +95,51 @@ def graphs_for(backend: str, precision: str, model, device: torch.device, export
     if backend == "tensorrt":
         from vita_deploy.runtime import tensorrt_graphs
         return tensorrt_graphs(export_dir, device=device)
-    raise SystemExit(f"unknown backend {backend}")
+    raise InputError(f"unknown backend {backend}")
 
 
+def mask_features_for(backend: str, precision: str, model, device: torch.device, export_dir: str | None,
+                      threads: int | None = None):
+    """The mask-feature graph of a backend (for --features recompute / auto), None where the export has none."""
+    if backend in ("torch", "torch-compile"):
+        return eager_mask_features(model, amp=precision == "fp16")
+    if backend == "onnxruntime":
+        from vita_deploy.runtime.ort_export import ort_mask_features
+        return ort_mask_features(export_dir, device=device, threads=threads)
+    from vita_deploy.runtime import tensorrt_mask_features
+    return tensorrt_mask_features(export_dir, device=device)
+
+
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", choices=config_names(), type=canonical_config_name)
-    p.add_argument("--checkpoint", help="weights (default: shipped tiny checkpoint, or random for r50)")
+    p.add_argument("--checkpoint", type=cli.existing_file, help="weights (default: shipped tiny checkpoint, or random for r50)")
     p.add_argument("--backend", nargs="+", default=["torch"],
                    choices=["torch", "torch-compile", "onnxruntime", "tensorrt"])
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--frames", nargs="+", type=int, default=[18, 36])
+    p.add_argument("--device", type=cli.device, default=cli.default_device())
+    p.add_argument("--frames", nargs="+", type=cli.positive_int, default=[18, 36])
     p.add_argument("--resolution", nargs="+", default=["360p"], choices=sorted(RESOLUTIONS))
-    p.add_argument("--export", nargs="+", default=[], metavar="DIR",
+    p.add_argument("--features", nargs="+", default=["auto"], choices=FEATURE_MODES,
+                   help="mask features kept, recomputed in a second pass, or auto (README: keep vs recompute)")
+    p.add_argument("--export", nargs="+", type=cli.existing_dir, default=[], metavar="DIR",
                    help="export dirs (ONNX files / engines) for onnxruntime and tensorrt, one per precision")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--memory-study", nargs="*", type=int, metavar="FRAMES",
+    p.add_argument("--repeats", type=cli.positive_int, default=3)
+    p.add_argument("--warmup", type=cli.nonnegative_int, default=1)
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--memory-study", nargs="*", type=cli.positive_int, metavar="FRAMES",
                    help="peak memory vs video length, streaming vs all-frames-at-once")
-    p.add_argument("--out", default="benchmarks/results/bench", help="output path prefix (NAME.json/.md/.png)")
+    p.add_argument("--out", type=cli.output_file, default="benchmarks/results/bench", help="output path prefix (NAME.json/.md/.png)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    out = Path(args.out)
+    refuse_clobber({"--out .json": out.with_suffix(".json"), "--out .md": out.with_suffix(".md"),
+                    "--out _fps.png": out.with_name(out.name + "_fps.png")},
+                   {"--checkpoint": args.checkpoint,
+                    "--export": [f for d in args.export for f in Path(d).iterdir() if f.is_file()]})
     exports = exports_by_precision(args.export, args.config)
     runs, not_run = plan_runs(args.backend, args.precision, device, exports, args.config)
     for skip in not_run:
@@ -129,21 +152,23 @@ def main(argv: list[str] | None = None) -> int:
         for backend, precision in runs:
             model = load_model(args.checkpoint, args.config).to(device)
             detector, vita = graphs_for(backend, precision, model, device, exports.get(precision), args.threads)
-            for res in args.resolution:
-                for frames in args.frames:
-                    clip = Path(tmp) / f"{res}_{frames}.mp4"  # written once, decoded by every run
-                    if not clip.exists():
-                        make_benchmark_video(clip, frames, *RESOLUTIONS[res])
-                    e2e, stages, host, gpu = bench_video(clip, detector, vita, model.cfg, device,
-                                                         args.repeats, args.warmup)
-                    r = result_from_timings(backend, precision, device, model.cfg, res, frames, e2e, stages,
-                                            host, gpu, args.repeats, args.warmup)
-                    if backend in EXPORTED_BACKENDS:
-                        r.extra["export"] = exports[precision]
-                    results.append(r)
-                    print(f"{args.config} {backend} {precision} {device} {res} {frames} frames: "
-                          f"{r.fps['end_to_end']:.2f} fps end to end, detector {r.fps.get('detector', 0):.2f} fps, "
-                          f"host peak {host:.0f} MB" + (f", GPU peak {gpu:.0f} MB" if gpu else ""), flush=True)
+            mask_features = mask_features_for(backend, precision, model, device, exports.get(precision), args.threads)
+            for res, frames, features in itertools.product(args.resolution, args.frames, args.features):
+                clip = Path(tmp) / f"{res}_{frames}.mp4"  # written once, decoded by every run
+                if not clip.exists():
+                    make_benchmark_video(clip, frames, *RESOLUTIONS[res])
+                e2e, stages, host, gpu = bench_video(clip, detector, vita, model.cfg, device,
+                                                     args.repeats, args.warmup, features=features,
+                                                     mask_features=mask_features)
+                r = result_from_timings(backend, precision, device, model.cfg, res, frames, e2e, stages,
+                                        host, gpu, args.repeats, args.warmup)
+                r.extra["features"] = features
+                if backend in EXPORTED_BACKENDS:
+                    r.extra["export"] = exports[precision]
+                results.append(r)
+                print(f"{args.config} {backend} {precision} {device} {res} {frames} frames --features {features}: "
+                      f"{r.fps['end_to_end']:.2f} fps end to end, detector {r.fps.get('detector', 0):.2f} fps, "
+                      f"host peak {host:.0f} MB" + (f", GPU peak {gpu:.0f} MB" if gpu else ""), flush=True)
         if args.memory_study:
             from vita_deploy.benchmark import memory_study
             memory = memory_study(args.config, args.checkpoint, device, Path(tmp), args.resolution[0],

@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vita_deploy import cli  # noqa: E402
 from vita_deploy.benchmark import environment  # noqa: E402
 from vita_deploy.modeling.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather  # noqa: E402
 
@@ -72,18 +73,19 @@ def copy_bandwidth_gbps(device: torch.device, mib: int = 512, repeats: int = 5) 
     return 2 * src.numel() * 4 / seconds / 1e9
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--frames", nargs="+", type=int, default=[1, 6, 18])
+    p.add_argument("--device", type=cli.device, default=cli.default_device())
+    p.add_argument("--frames", nargs="+", type=cli.positive_int, default=[1, 6, 18])
     p.add_argument("--precision", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16"])
     p.add_argument("--shapes", default="360x640 (NVIDIA's)", choices=sorted(SHAPES))
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--peak-gbps", type=float,
+    p.add_argument("--repeats", type=cli.positive_int, default=5)
+    p.add_argument("--warmup", type=cli.nonnegative_int, default=2)
+    p.add_argument("--peak-gbps", type=cli.positive_float,
                    help="memory bandwidth of the device for the %% of floor column (default: a measured tensor copy)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--out", default="benchmarks/results/kernels")
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", type=cli.output_file, default="benchmarks/results/kernels")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

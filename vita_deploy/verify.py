@@ -1,4 +1,5 @@
-"""Verify an export (ONNX Runtime) or its engines (TensorRT) against the eager PyTorch model.
+"""Verify an export (ONNX Runtime) or its engines (TensorRT) against the eager PyTorch model: every graph the
+manifest lists (frame detector, VITA head, and the mask-feature graph of recompute mode).
 
     python -m vita_deploy.verify --export exports/tiny --backend onnxruntime --videos data/synthetic
 
@@ -20,11 +21,13 @@ import torch
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
+from vita_deploy import cli
+from vita_deploy.data.ytvis_json import load_ytvis_json
+from vita_deploy.errors import InputError
 from vita_deploy.evaluation.ytvis_eval import evaluate_ytvis, video_iou
 from vita_deploy.export.onnx_export import ExportError, load_manifest
-from vita_deploy.inference import VideoPrediction, eager_graphs, run_video
-from vita_deploy.files import file_sha256
-from vita_deploy.modeling.checkpoint import CheckpointError
+from vita_deploy.inference import VideoPrediction, eager_graphs, eager_mask_features, run_video
+from vita_deploy.files import atomic_write_text, ensure_parents, file_sha256, refuse_clobber
 from vita_deploy.runtime.base import RuntimeMismatchError
 
 THRESHOLDS = {"fp32": {"tensor_rel": 1e-4, "mask_iou": 0.99, "delta_ap": 0.1},
@@ -58,54 +61,82 @@ def matched_mask_ious(a: VideoPrediction, b: VideoPrediction) -> list[float]:
     return [max(-cost[i, j], 0.0) for i, j in zip(rows, cols)]
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--export", required=True, help="export folder (manifest.json, ONNX files, engines)")
+    p.add_argument("--export", type=cli.existing_dir, required=True,
+                   help="export folder (manifest.json, ONNX files, engines)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
-    p.add_argument("--checkpoint", help="weights the export was made from (default: the shipped tiny checkpoint)")
-    p.add_argument("--videos", help="YouTube-VIS folder with valid.json + valid/JPEGImages for video parity")
-    p.add_argument("--num-videos", type=int, default=8)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--report", help="write the parity report as JSON here")
+    p.add_argument("--checkpoint", type=cli.existing_file,
+                   help="weights the export was made from (default: the shipped tiny checkpoint)")
+    p.add_argument("--videos", type=cli.existing_dir,
+                   help="YouTube-VIS folder with valid.json + valid/JPEGImages for video parity")
+    p.add_argument("--num-videos", type=cli.positive_int, default=8)
+    p.add_argument("--device", type=cli.device, default=cli.default_device())
+    p.add_argument("--report", type=cli.output_file, help="write the parity report as JSON here")
     a = p.parse_args(argv)
+    if a.backend == "tensorrt" and not a.device.startswith("cuda"):
+        p.error("TensorRT engines run on a CUDA GPU only: use --backend onnxruntime on the CPU")
     from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
     from vita_deploy.video_io import read_image
 
-    try:
-        manifest = load_manifest(a.export)
-        checkpoint = a.checkpoint or DEFAULT_CHECKPOINT
-        if manifest["checkpoint_sha256"] and Path(checkpoint).is_file() and \
-                file_sha256(checkpoint) != manifest["checkpoint_sha256"]:
-            raise RuntimeMismatchError(f"{checkpoint} is not the checkpoint {a.export} was exported from (sha256 "
-                                       "differs): pass --checkpoint with the right file, or re-export")
-        model = load_model(checkpoint if Path(checkpoint).is_file() else None, manifest["config"]["name"])
-        model = model.to(a.device)
-        if a.backend == "onnxruntime":
-            from vita_deploy.runtime.ort_export import ort_engine
-            from vita_deploy.runtime.base import graphs_from_engines
+    export_files = [f for f in Path(a.export).iterdir() if f.is_file()]
+    refuse_clobber({"--report": a.report}, {"--export": export_files, "--checkpoint": a.checkpoint,
+                                            "--videos valid.json": Path(a.videos) / "valid.json" if a.videos else None})
+    ensure_parents(a.report)
+    gt_videos = None
+    if a.videos:
+        if not (Path(a.videos) / "valid.json").is_file():
+            raise InputError("--videos has no valid.json", a.videos, "pass a YouTube-VIS folder with valid.json and "
+                             "valid/JPEGImages (e.g. from `python -m vita_deploy.data.synthetic --val-videos N`)")
+        gt_videos = load_ytvis_json(Path(a.videos) / "valid.json")
+    manifest = load_manifest(a.export, check_graphs=True)
+    checkpoint = a.checkpoint or DEFAULT_CHECKPOINT
+    if manifest["checkpoint_sha256"] and Path(checkpoint).is_file() and \
+            file_sha256(checkpoint) != manifest["checkpoint_sha256"]:
+        raise RuntimeMismatchError(f"{checkpoint} is not the checkpoint {a.export} was exported from (sha256 "
+                                   "differs): pass --checkpoint with the right file, or re-export")
+    model = load_model(checkpoint if Path(checkpoint).is_file() else None, manifest["config"]["name"])
+    model = model.to(a.device)
+    graphs = manifest["graphs"]
+    two_graphs = "frame_detector" in graphs and "vita_head" in graphs
+    backend = mask_backend = None
+    if a.backend == "onnxruntime":
+        from vita_deploy.runtime.ort_export import ort_engine, ort_mask_features
+        from vita_deploy.runtime.base import graphs_from_engines
+        if two_graphs:
             engines = {g: ort_engine(a.export, g, a.device) for g in ("frame_detector", "vita_head")}
             backend = graphs_from_engines(engines["frame_detector"], engines["vita_head"])
-        else:
-            from vita_deploy.runtime import tensorrt_graphs
-            backend = tensorrt_graphs(a.export, a.device)
-    except (ExportError, CheckpointError, RuntimeMismatchError, ImportError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        mask_backend = ort_mask_features(a.export, a.device)
+    else:
+        from vita_deploy.runtime import tensorrt_graphs, tensorrt_mask_features
+        backend = tensorrt_graphs(a.export, a.device) if two_graphs else None
+        mask_backend = tensorrt_mask_features(a.export, a.device)
+    if backend is None and mask_backend is None:
+        raise ExportError(f"{a.export} has neither the frame detector + VITA head nor the mask-feature graph: "
+                          "re-export with `python export/to_onnx.py`")
     limits = THRESHOLDS[manifest["precision"]]
     eager = eager_graphs(model)
     cfg = model.cfg
     g = torch.Generator().manual_seed(0)
-    opt = manifest["graphs"]["frame_detector"]["profiles"]["images"]["opt"]
     rows, failed = [], False
-    for n in (1, cfg.inference.chunk_size):
-        x = torch.randn(n, 3, opt[2], opt[3], generator=g).to(a.device)
-        for name, out, ref in zip(("frame_queries", "mask_features"), backend[0](x), eager[0](x)):
-            rows.append((f"frame_detector N={n} {name}", tensor_report(out, ref)))
-    max_t = manifest["graphs"]["vita_head"]["profiles"]["frame_queries"]["max"][0]
-    for t in sorted({1, min(7, max_t), min(36, max_t)}):
-        fq = torch.randn(t, cfg.frame_decoder.num_queries, cfg.vita.hidden_dim, generator=g).to(a.device)
-        for name, out, ref in zip(("class_logits", "mask_embed"), backend[1](fq), eager[1](fq)):
-            rows.append((f"vita_head T={t} {name}", tensor_report(out, ref)))
+    if backend is not None:
+        opt = graphs["frame_detector"]["profiles"]["images"]["opt"]
+        for n in (1, cfg.inference.chunk_size):
+            x = torch.randn(n, 3, opt[2], opt[3], generator=g).to(a.device)
+            for name, out, ref in zip(("frame_queries", "mask_features"), backend[0](x), eager[0](x)):
+                rows.append((f"frame_detector N={n} {name}", tensor_report(out, ref)))
+        max_t = graphs["vita_head"]["profiles"]["frame_queries"]["max"][0]
+        for t in sorted({1, min(7, max_t), min(36, max_t)}):
+            fq = torch.randn(t, cfg.frame_decoder.num_queries, cfg.vita.hidden_dim, generator=g).to(a.device)
+            for name, out, ref in zip(("class_logits", "mask_embed"), backend[1](fq), eager[1](fq)):
+                rows.append((f"vita_head T={t} {name}", tensor_report(out, ref)))
+    if mask_backend is not None:  # the mask-feature graph (recompute mode) against the eager detector's own
+        opt = graphs["mask_features"]["profiles"]["images"]["opt"]
+        eager_mf = eager_mask_features(model)
+        for n in (1, cfg.inference.chunk_size):
+            x = torch.randn(n, 3, opt[2], opt[3], generator=g).to(a.device)
+            rows.append((f"mask_features N={n} mask_features", tensor_report(mask_backend(x), eager_mf(x))))
     print(f"{'tensor':42s} {'max abs':>10s} {'p99 abs':>10s} {'rel':>10s}  ok")
     for name, r in rows:
         ok = r["finite"] and r["rel"] < limits["tensor_rel"]
@@ -113,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:42s} {r['max_abs']:10.2e} {r['p99_abs']:10.2e} {r['rel']:10.2e}  {'yes' if ok else 'NO'}")
     report = {"backend": a.backend, "precision": manifest["precision"], "thresholds": limits,
               "tensors": dict(rows)}
-    if a.videos:
+    if a.videos and backend is not None:
         root = Path(a.videos)
-        gt = json.loads((root / "valid.json").read_text())
+        gt = gt_videos
         videos = gt["videos"][: a.num_videos]
         ids = {v["id"] for v in videos}
         gt = {**gt, "videos": videos, "annotations": [x for x in gt.get("annotations") or [] if x["video_id"] in ids]}
@@ -125,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         for v in videos:
             files = [root / "valid" / "JPEGImages" / f for f in v["file_names"]]
             frames = [read_image(f) for f in files]
-            pe = run_video(frames, *eager, cfg, device=a.device)
-            pb = run_video(frames, *backend, cfg, device=a.device)
+            pe = run_video(frames, *eager, cfg, device=a.device, features="keep")
+            pb = run_video(frames, *backend, cfg, device=a.device, features="keep")
             results["eager"] += pe.to_ytvis(v["id"], cat_ids)
             results["backend"] += pb.to_ytvis(v["id"], cat_ids)
             ious += matched_mask_ious(pe, pb)
+            if mask_backend is not None:  # recompute mode on the backend gives the backend's keep-mode result
+                pr = run_video(frames, *backend, cfg, mask_features=mask_backend, features="recompute",
+                               device=a.device)
+                ious += matched_mask_ious(pe, pr)
         ap = {k: evaluate_ytvis(gt, r)["AP"] for k, r in results.items()} if gt["annotations"] else None
         video = {"videos": len(videos), "instances": len(ious), "min_matched_iou": min(ious) if ious else None,
                  "mean_matched_iou": float(np.mean(ious)) if ious else None}
@@ -143,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           if ap else "") + f"  {'yes' if ok else 'NO'}")
         report["video"] = video
     if a.report:
-        Path(a.report).write_text(json.dumps(report, indent=2))
+        atomic_write_text(a.report, json.dumps(report, indent=2))
     print("PASS" if not failed else "FAIL: a parity threshold was exceeded (see the table)")
     return 1 if failed else 0
 

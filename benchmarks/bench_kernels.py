@@ -9,11 +9,19 @@ achieved bandwidth (bytes that must move at least once: value, locations, weight
 memory-bandwidth floor (against --peak-gbps, or else the bandwidth of a large tensor copy measured on the device
 at the start of the run), and the relative error against a float64 reference
 (max |out - ref| / max |ref|), and for fp16 also against the exact computation on the fp16-rounded inputs.
+
+Implementations: grid_sample (the reference), the Gather form (the `native` export) and, where triton is installed,
+our Triton kernel (`vita_deploy.kernels`, the `vita-plugin` TensorRT plugin's kernel). On the GPU the L2 cache is
+flushed (a 256 MiB write) before every timed run, so each run reads its inputs from memory as in the model. On the
+CPU the Triton kernel runs only in Triton's interpreter, at a small shape, as a correctness run: its errors are
+reported in their own table and it has no time (the interpreter is not a speed measurement).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from vita_deploy import cli  # noqa: E402
 from vita_deploy.benchmark import environment  # noqa: E402
+from vita_deploy.files import atomic_write_text  # noqa: E402
 from vita_deploy.modeling.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather  # noqa: E402
 
 SHAPES = {"360x640 (padded 384x640)": [(48, 80), (24, 40), (12, 20)], "360x640 (NVIDIA's)": [(45, 80), (23, 40), (12, 20)]}
@@ -40,18 +49,38 @@ def make_inputs(n: int, shapes, heads: int = 8, channels: int = 32, points: int 
     return value, locations, weights
 
 
+IMPLEMENTATIONS = ("reference (grid_sample)", "native (Gather)", "triton (ours)")
+SMALL_SHAPES = [(6, 10), (3, 5), (2, 3)]  # the interpreter's correctness run on the CPU
+
+
 def run(impl: str, value, shapes, locations, weights):
     if impl == "reference (grid_sample)":
         return ms_deform_attn(value, torch.tensor(shapes), None, locations.to(value.dtype), weights.to(value.dtype))
+    if impl == "triton (ours)":
+        from vita_deploy.kernels import ms_deform_attn_triton
+
+        spatial = torch.tensor(shapes, dtype=torch.int32, device=value.device)
+        starts = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1]]).to(torch.int32)
+        return ms_deform_attn_triton(value, spatial, starts, locations, weights)
     return ms_deform_attn_gather(value, shapes, locations, weights)
 
 
-def time_it(fn, device: torch.device, repeats: int, warmup: int) -> float:
+def rel_errors(out: torch.Tensor, ref64: torch.Tensor, exact_rounded: torch.Tensor) -> dict:
+    out64 = out.double().cpu()
+    return {"rel_err_vs_fp64": ((out64 - ref64).abs().max() / ref64.abs().max()).item(),
+            "rel_err_vs_exact_on_rounded_inputs": ((out64 - exact_rounded).abs().max()
+                                                   / exact_rounded.abs().max()).item()}
+
+
+def time_it(fn, device: torch.device, repeats: int, warmup: int, flush_l2: bool = False) -> float:
     for _ in range(warmup):
         fn()
+    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=device) if flush_l2 and device.type == "cuda" else None
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
+            if flush is not None:
+                flush.zero_()  # evicts the inputs from L2 (50 MiB on H100/H200) before the timed run
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -73,6 +102,47 @@ def copy_bandwidth_gbps(device: torch.device, mib: int = 512, repeats: int = 5) 
     return 2 * src.numel() * 4 / seconds / 1e9
 
 
+def interpreter_checks(precisions: list[str]) -> list[dict]:
+    """The Triton kernel in Triton's CPU interpreter at a small shape: errors only (labelled a correctness run)."""
+    value, locations, weights = make_inputs(1, SMALL_SHAPES)
+    ref64 = ms_deform_attn(value.double(), torch.tensor(SMALL_SHAPES), None, locations.double(), weights.double())
+    checks = []
+    for precision in precisions:
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        v, w = value.to(dtype), weights.to(dtype)
+        exact = ms_deform_attn(v.double(), torch.tensor(SMALL_SHAPES), None, locations.double(), w.double())
+        row = {"precision": precision, "implementation": "triton (ours), interpreter",
+               **rel_errors(run("triton (ours)", v, SMALL_SHAPES, locations, w), ref64, exact)}
+        print(f"interpreter correctness run {precision}: rel err vs fp64 {row['rel_err_vs_fp64']:.1e}, vs exact on "
+              f"rounded inputs {row['rel_err_vs_exact_on_rounded_inputs']:.1e}", flush=True)
+        checks.append(row)
+    return checks
+
+
+def frame_detector_check(config: str, device: torch.device) -> dict:
+    """CONFIG's frame detector with the Triton op vs grid_sample (fp32, seeded random weights, one frame)."""
+    from vita_deploy.config import get_config
+    from vita_deploy.modeling.model import build_model
+    from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
+    from vita_deploy.preprocess import padded_size
+
+    cfg = get_config(config)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval().to(device)
+    h, w = padded_size(cfg.input.min_size_test, round(cfg.input.min_size_test * 16 / 9))
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.inference_mode():
+        with deform_attn_implementation("reference"):
+            ref = model.frame_detector(x)
+        with deform_attn_implementation("triton"):
+            ours = model.frame_detector(x)
+    diff = {name: ((a - b).abs().max() / b.abs().max()).item()
+            for name, a, b in zip(("frame_queries", "mask_features"), ours, ref)}
+    print(f"{config} frame detector {h}x{w}, Triton op vs grid_sample: " +
+          ", ".join(f"{k} {v:.1e}" for k, v in diff.items()), flush=True)
+    return {"config": cfg.name, "input": f"{h}x{w}", "precision": "fp32", "rel_diff": diff}
+
+
 @cli.command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,11 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-gbps", type=cli.positive_float,
                    help="memory bandwidth of the device for the %% of floor column (default: a measured tensor copy)")
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--model-check", metavar="CONFIG", type=cli.config_name,
+                   help="also run CONFIG's frame detector (seeded random weights, one frame at the test size, fp32) "
+                        "with the Triton op and with grid_sample and report the relative difference of its outputs")
     p.add_argument("--out", type=cli.output_file, default="benchmarks/results/kernels")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
+    triton_installed = importlib.util.find_spec("triton") is not None
+    if device.type == "cpu" and triton_installed:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the kernel's CPU interpreter
+    impls = [i for i in IMPLEMENTATIONS if i != "triton (ours)" or (triton_installed and device.type == "cuda")]
     shapes = SHAPES[a.shapes]
     peak_source = "given (--peak-gbps)" if a.peak_gbps else "measured: 512 MiB tensor copy, read + write"
     peak_gbps = a.peak_gbps or copy_bandwidth_gbps(device)
@@ -107,25 +184,27 @@ def main(argv: list[str] | None = None) -> int:
                                            w.double().cpu())
             moved = v.numel() * v.element_size() + loc.numel() * 4 + w.numel() * w.element_size() + \
                 n * value.shape[1] * 8 * 32 * v.element_size()
-            for impl in ("reference (grid_sample)", "native (Gather)"):
+            for impl in impls:
                 with torch.inference_mode():
                     out = run(impl, v, shapes, loc, w)
-                    seconds = time_it(lambda: run(impl, v, shapes, loc, w), device, a.repeats, a.warmup)
-                out64 = out.double().cpu()
+                    seconds = time_it(lambda: run(impl, v, shapes, loc, w), device, a.repeats, a.warmup,
+                                      flush_l2=True)
                 row = {"frames": n, "precision": precision, "implementation": impl, "median_ms": seconds * 1000,
-                       "gbps": moved / seconds / 1e9,
-                       "rel_err_vs_fp64": ((out64 - ref64).abs().max() / ref64.abs().max()).item(),
-                       "rel_err_vs_exact_on_rounded_inputs": ((out64 - exact_rounded).abs().max()
-                                                              / exact_rounded.abs().max()).item()}
+                       "gbps": moved / seconds / 1e9, **rel_errors(out, ref64, exact_rounded)}
                 row["pct_of_floor"] = 100 * row["gbps"] / peak_gbps  # = floor time (bytes / peak) / time
                 rows.append(row)
                 print(f"N={n:2d} {precision} {impl:24s} {row['median_ms']:9.2f} ms  {row['gbps']:7.2f} GB/s  "
                       f"{row['pct_of_floor']:5.1f} % of floor  rel err {row['rel_err_vs_fp64']:.1e}", flush=True)
+    checks = interpreter_checks(a.precision) if device.type == "cpu" and triton_installed else []
+    model_check = frame_detector_check(a.model_check, device) if a.model_check else None
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = environment(argv)
-    out.with_suffix(".json").write_text(json.dumps({"environment": env, "shapes": shapes, "peak_gbps": peak_gbps,
-                                                    "peak_gbps_source": peak_source, "rows": rows}, indent=2))
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"environment": env, "shapes": shapes,
+                                                            "peak_gbps": peak_gbps, "peak_gbps_source": peak_source,
+                                                            "rows": rows, "interpreter_correctness": checks,
+                                                            "model_check": model_check},
+                                                           indent=2))
     lines = [f"# Deformable attention, {a.shapes}, 8 heads x 32 channels, 4 points, device {device}\n",
              f"Machine: {env.get('gpu', env['processor'])}, {env['cpu_count']} CPU cores, torch {env['torch']} "
              f"({env['torch_threads']} threads), {env['date']}. Memory bandwidth {peak_gbps:.1f} GB/s ({peak_source}); "
@@ -135,7 +214,17 @@ def main(argv: list[str] | None = None) -> int:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['frames']} | {r['precision']} | {r['implementation']} | {r['median_ms']:.2f} | {r['gbps']:.2f} | "
               f"{r['pct_of_floor']:.2f} | {r['rel_err_vs_fp64']:.1e} |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    if checks:
+        lines += ["", f"Triton kernel, correctness run in Triton's CPU interpreter (not a speed figure): N=1, levels "
+                  f"{SMALL_SHAPES}, Lq = S, 8 heads x 32 channels, 4 points.", "",
+                  "| precision | rel err vs fp64 | rel err vs exact on rounded inputs |", "| --- | --- | --- |"]
+        lines += [f"| {c['precision']} | {c['rel_err_vs_fp64']:.1e} | {c['rel_err_vs_exact_on_rounded_inputs']:.1e} |"
+                  for c in checks]
+    if model_check:
+        lines += ["", f"{model_check['config']} frame detector, one {model_check['input']} frame, fp32, Triton op vs "
+                  f"grid_sample on {device}: relative difference " + ", ".join(
+                      f"{k} {v:.1e}" for k, v in model_check["rel_diff"].items()) + "."]
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}")
     return 0
 

@@ -1,6 +1,7 @@
 """Quick benchmark runs: the JSON, markdown and plots are written and consistent (no speed thresholds)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -52,6 +53,12 @@ def test_bench_kernels_quick_run(tmp_path):
         assert abs(r["pct_of_floor"] - 100 * r["gbps"] / data["peak_gbps"]) < 1e-9
         assert f"| {r['median_ms']:.2f} | {r['gbps']:.2f} | {r['pct_of_floor']:.2f} |" in \
             out.with_suffix(".md").read_text()
+    if importlib.util.find_spec("triton") is not None:  # our kernel: a correctness run in the interpreter, no time
+        checks = {c["precision"]: c for c in data["interpreter_correctness"]}
+        assert set(checks) == {"fp32", "fp16"} and all("median_ms" not in c for c in checks.values())
+        assert checks["fp32"]["rel_err_vs_fp64"] < 1e-5
+        assert checks["fp16"]["rel_err_vs_exact_on_rounded_inputs"] < 1e-3
+        assert "correctness run in Triton's CPU interpreter (not a speed figure)" in out.with_suffix(".md").read_text()
 
 
 def test_exported_backends_run_the_export_of_each_precision(tmp_path):

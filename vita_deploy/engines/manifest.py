@@ -3,13 +3,16 @@
 Manifest schema read here (written by vita_deploy/export/onnx_export.py; only these keys are used):
 
     {"format": "vita-deploy-export", "format_version": 1,
-     "precision": "fp32" | "fp16", "deform_attn": "plugin" | "native", "plugins": [op names, optional],
+     "precision": "fp32" | "fp16", "deform_attn": "plugin" | "vita-plugin" | "native",
+     "plugins": [op names, optional],
      "graphs": {"<graph>": {"file": "<name>.onnx" (relative to the manifest), "sha256": "<hex>" (optional),
                             "profiles": {"<input>": {"min": [...], "opt": [...], "max": [...]}},
                             "custom_ops": [{"op_type": ...}, ...] (optional), ...}}}
 
 Plugin ops (top-level "plugins", any graph's "custom_ops", or deform_attn == "plugin") are refused up front on
 TensorRT-RTX, which has no NVIDIA plugin library; datacenter TensorRT gets to try (the parser names a missing one).
+Our own plugin (deform_attn == "vita-plugin") is registered before parsing where TensorRT has AOT Python plugins
+(datacenter >= 10.9) and refused up front elsewhere, naming `--deform-attn native`.
 
 Engines are written as `<out_dir>/<onnx stem>.engine` (+ `.engine.json`), out_dir defaulting to the export
 folder, which is where the runtime looks for them.
@@ -23,6 +26,8 @@ from pathlib import Path
 from vita_deploy.engines.backend import Backend, load_backend
 from vita_deploy.engines.builder import MSDA_PLUGIN, BuildOptions, build_engine
 from vita_deploy.engines.errors import ManifestError, PluginMissingError
+from vita_deploy.engines.vita_plugin import register as register_vita_plugin, supports_aot_plugins
+from vita_deploy.export.plugin import VITA_PLUGIN
 from vita_deploy.engines.shapes import ShapeRange
 from vita_deploy.export.onnx_export import ExportError, load_manifest
 from vita_deploy.files import file_sha256
@@ -78,6 +83,16 @@ def build_from_manifest(manifest_path: str | Path, out_dir: str | Path | None = 
     custom_ops = {op.get("op_type", "") for g in manifest["graphs"].values() for op in g.get("custom_ops") or []}
     plugin_ops = sorted(set(manifest.get("plugins") or []) | custom_ops
                         | ({MSDA_PLUGIN} if manifest.get("deform_attn") == "plugin" else set()))
+    if VITA_PLUGIN.op_type in plugin_ops:  # our Triton plugin: registered here, built ahead of time into the engine
+        supported, why = supports_aot_plugins(backend.trt)
+        if not supported:
+            raise PluginMissingError(
+                f"{manifest_path} is a `--deform-attn vita-plugin` export (our Triton-kernel TensorRT plugin), which "
+                f"needs datacenter TensorRT >= 10.9 with tensorrt.plugin: {why}. Re-export with `python "
+                "export/to_onnx.py --deform-attn native` to build with this TensorRT.", [], node_name="",
+                op_type=VITA_PLUGIN.op_type)
+        register_vita_plugin()
+        plugin_ops.remove(VITA_PLUGIN.op_type)
     if plugin_ops and backend.is_rtx:
         raise PluginMissingError(
             f"{manifest_path} is a `--deform-attn {manifest.get('deform_attn')}` export whose graphs use "

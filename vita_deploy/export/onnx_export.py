@@ -9,8 +9,9 @@ H, W (multiples of 32) exactly as the eager model does. The TorchScript tracer (
 sizes would be frozen silently. Custom ops translate through onnxscript (`custom_translation_table`), which is
 how the plugin node is emitted.
 
-Deformable attention is exported as NVIDIA's plugin node ("plugin") or as standard operators with Gather-based
-bilinear sampling ("native"); see `vita_deploy.modeling.ms_deform_attn.deform_attn_implementation`.
+Deformable attention is exported as NVIDIA's plugin node ("plugin"), as our own Triton-kernel plugin node
+("vita-plugin", `vita_deploy/engines/vita_plugin.py`) or as standard operators with Gather-based bilinear sampling
+("native"); see `vita_deploy.modeling.ms_deform_attn.deform_attn_implementation`.
 fp16 graphs run the model in half precision with fp32 islands written into the model code itself (softmax and
 attention biases, LayerNorm/GroupNorm statistics, deformable-attention sampling coordinates, attention weights
 and accumulation), so the islands are Casts in the ONNX and strongly typed builders (TensorRT 11, TensorRT-RTX)
@@ -33,8 +34,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from vita_deploy.export.plugin import PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION, annotate_plugin_outputs, \
-    plugin_translation
+from vita_deploy.export.plugin import PLUGINS, TRANSLATIONS, annotate_plugin_outputs, plugins_in
 from vita_deploy.files import atomic_write, file_sha256
 from vita_deploy.modeling.model import MaskFeatureGraph, VitaModel
 from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
@@ -60,7 +60,7 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class ExportOptions:
-    deform_attn: str = "plugin"  # "plugin" | "native"
+    deform_attn: str = "plugin"  # "plugin" | "vita-plugin" | "native"
     precision: str = "fp32"  # "fp32" | "fp16"
     max_frames: int = 360  # T range of the VITA head: 1..max_frames
     height: int | None = None  # fixed padded input size (multiples of 32), or None for dynamic
@@ -68,8 +68,8 @@ class ExportOptions:
     max_batch: int | None = None  # frames per detector call, 1..max_batch (default: the config's chunk size)
 
     def __post_init__(self) -> None:
-        if self.deform_attn not in ("plugin", "native"):
-            raise ExportError(f"--deform-attn must be plugin or native, not {self.deform_attn!r}")
+        if self.deform_attn not in DEFORM_ATTN_MODES:
+            raise ExportError(f"--deform-attn must be one of {', '.join(DEFORM_ATTN_MODES)}, not {self.deform_attn!r}")
         if self.precision not in ("fp32", "fp16"):
             raise ExportError(f"--precision must be fp32 or fp16, not {self.precision!r}")
         if (self.height is None) != (self.width is None):
@@ -137,10 +137,11 @@ def export_graph(module: nn.Module, example: torch.Tensor, dynamic: dict | None,
         program = torch.onnx.export(
             _Precision(module, options.precision).eval(), (example,), dynamo=True, input_names=[input_name],
             output_names=output_names, dynamic_shapes={"x": dynamic} if dynamic else None, opset_version=OPSET,
-            custom_translation_table={torch.ops.vita_deploy.ms_deform_attn_plugin.default: plugin_translation},
+            custom_translation_table={torch.ops.vita_deploy.ms_deform_attn_plugin.default:
+                                      TRANSLATIONS.get(options.deform_attn, TRANSLATIONS["plugin"])},
             optimize=True, verbose=False)
     model = program.model_proto
-    if options.deform_attn == "plugin":
+    if options.deform_attn in PLUGINS:
         model = annotate_plugin_outputs(model)
     _rename_dims(model, dim_names)
     try:
@@ -172,9 +173,13 @@ def _dims(profiles: dict, model: onnx.ModelProto) -> dict[str, dict]:
 
 
 def _custom_ops(model: onnx.ModelProto) -> list[dict]:
-    count = sum(n.op_type == PLUGIN_OP for n in model.graph.node)
-    return [{"op_type": PLUGIN_OP, "domain": PLUGIN_DOMAIN, "plugin_version": PLUGIN_VERSION, "count": count}] \
-        if count else []
+    """One entry per plugin op the graph uses: op type, domain, creator version, aot flag, node count."""
+    ops = []
+    for p in plugins_in(model):
+        count = sum((n.op_type, n.domain) == (p.op_type, p.domain) for n in model.graph.node)
+        extra = {"aot": p.attributes["aot"]} if "aot" in p.attributes else {}
+        ops.append({"op_type": p.op_type, "domain": p.domain, "plugin_version": p.version, **extra, "count": count})
+    return ops
 
 
 def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, checkpoint: str | Path | None = None,
@@ -256,8 +261,8 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
         "deform_attn": options.deform_attn,
         "precision": options.precision,
         "io_dtype": "float32",  # graph inputs/outputs are float32 in both precisions
-        "plugins": [PLUGIN_OP] if options.deform_attn == "plugin" else [],
-        "custom_opsets": {PLUGIN_DOMAIN: 1} if options.deform_attn == "plugin" else {},
+        "plugins": [PLUGINS[options.deform_attn].op_type] if options.deform_attn in PLUGINS else [],
+        "custom_opsets": {PLUGINS[options.deform_attn].domain: 1} if options.deform_attn in PLUGINS else {},
         "config": cfg.to_dict(),
         "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,

@@ -13,7 +13,7 @@ import onnx
 import torch
 
 from vita_deploy.export.onnx_export import load_manifest
-from vita_deploy.export.plugin import PLUGIN_OP, with_plugin_function
+from vita_deploy.export.plugin import PLUGINS, plugins_in, with_plugin_function
 from vita_deploy.inference import DetectorFn, MaskFeaturesFn, VitaFn
 from vita_deploy.runtime.base import graphs_from_engines, mask_features_from_engine
 from vita_deploy.runtime.ort_engine import OrtEngine
@@ -29,10 +29,10 @@ def ort_engine(export_dir: str | Path, graph: str, device: torch.device | str = 
         raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
     manifest = load_manifest(export_dir)
     path = Path(export_dir) / manifest["graphs"][graph]["file"]
-    if manifest["deform_attn"] != "plugin":
+    if manifest["deform_attn"] not in PLUGINS:
         return OrtEngine(path, device, threads)
     model = onnx.load(str(path))
-    if not any(n.op_type == PLUGIN_OP for n in model.graph.node):
+    if not plugins_in(model):
         return OrtEngine(path, device, threads)
     tmp = Path(tempfile.mkdtemp(prefix="vita_ort_plugin_"))
     try:  # ORT reads the file while creating the session; the copy is not needed afterwards
@@ -47,6 +47,7 @@ def ort_graphs(export_dir: str | Path, device: torch.device | str = "cpu", threa
     """(DetectorFn, VitaFn) running the export's two ONNX graphs in ONNX Runtime; outputs are float32 tensors."""
     return graphs_from_engines(ort_engine(export_dir, "frame_detector", device, threads),
                                ort_engine(export_dir, "vita_head", device, threads))
+
 
 def ort_mask_features(export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None
                       ) -> MaskFeaturesFn | None:

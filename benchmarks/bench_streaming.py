@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                     if f == "recompute" and "auto" in args.features and n > args.max_recompute_frames:
                         not_run.append({"resolution": res, "frames": n, "features": f, "reason":
                                         f"longer than --max-recompute-frames {args.max_recompute_frames}: the auto "
-                                        "row (which recomputes at this length) measures it"})
+                                        "row measures this length (its 'mode used' says whether it recomputed)"})
                         continue
                     if not clip.exists():
                         make_benchmark_video(clip, n, h, w)

@@ -312,6 +312,21 @@ def test_streamed_2000_frames_under_a_fixed_memory_bound(random_tiny):
     assert growth < 160, f"peak RSS grew by {growth:.0f} MB"
 
 
+def test_infer_cli_features_flag(tmp_path):
+    import json
+
+    from vita_deploy import infer
+    folder = _write_folder(tmp_path / "frames", _frames(6, 64, 96))
+    out = {}
+    for mode in ("keep", "recompute", "auto"):
+        out[mode] = tmp_path / f"{mode}.json"
+        assert infer.main([str(folder), "--config", "tiny", "--json", str(out[mode]), "--device", "cpu",
+                           "--features", mode]) == 0
+    keep, rec, auto = (json.loads(out[m].read_text()) for m in ("keep", "recompute", "auto"))
+    assert keep == auto and [r["segmentations"] for r in keep] == [r["segmentations"] for r in rec]
+    assert all(abs(a["score"] - b["score"]) <= 1e-6 for a, b in zip(keep, rec))
+
+
 # -- the mask-feature graph as the third ONNX graph --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -328,9 +343,13 @@ def mask_features_export():
     return out
 
 
-def test_mask_feature_graph_ort_parity_and_recompute(mask_features_export):
+def test_mask_feature_graph_ort_parity_recompute_and_verify(mask_features_export, tmp_path, capsys):
+    import json
+
     from test_export import random_model
+    from vita_deploy import verify
     from vita_deploy.export import load_manifest
+    from vita_deploy.modeling.checkpoint import save_checkpoint
     from vita_deploy.runtime.ort_export import ort_mask_features
 
     manifest = load_manifest(mask_features_export)
@@ -359,6 +378,14 @@ def test_mask_feature_graph_ort_parity_and_recompute(mask_features_export):
         areas = mask_utils.area(a)
         ious = mask_utils.iou(a, b, [0] * len(b)).diagonal()
         assert all(iou > 0.99 or area == 0 for iou, area in zip(ious, areas))
+    # `verify` covers the graph
+    ckpt = save_checkpoint(tmp_path / "tiny.pth", model)
+    report = tmp_path / "report.json"
+    assert verify.main(["--export", str(mask_features_export), "--checkpoint", str(ckpt), "--device", "cpu",
+                        "--report", str(report)]) == 0, capsys.readouterr().out
+    rows = json.loads(report.read_text())["tensors"]
+    assert {"mask_features N=1 mask_features", "mask_features N=18 mask_features"} == set(rows)
+    assert all(r["rel"] < verify.THRESHOLDS["fp32"]["tensor_rel"] for r in rows.values())
 
 
 def test_mask_feature_graph_builds_under_tensorrt_rtx(mask_features_export, tmp_path):

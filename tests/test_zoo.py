@@ -134,3 +134,17 @@ def test_narrow_swin_official_import_round_trip(tmp_path):
     images = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(loaded.frame_detector(images)[0], src.eval().frame_detector(images)[0])
+
+
+def test_swin_position_tables_have_no_weight_decay():
+    """As the official optimizer: relative position bias tables (and absolute_pos_embed) take no weight decay."""
+    from vita_deploy.training.trainer import TrainConfig, build_optimizer
+
+    cfg = replace(get_config("tiny"), name="tiny-swin",
+                  backbone=SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=7))
+    model = build_model(cfg)
+    opt = build_optimizer(model, TrainConfig(data="unused", out="unused"))
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    tables = [p for n, p in model.named_parameters() if n.endswith("relative_position_bias_table")]
+    assert len(tables) == 8 and all(decay[id(p)] == 0.0 for p in tables)
+    assert decay[id(model.frame_detector.backbone.layers[0].blocks[0].attn.qkv.weight)] == 0.05

@@ -70,6 +70,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     for module in model.modules():
         if isinstance(module, norm_types) or isinstance(module, nn.Embedding):
             no_decay.update(id(p) for p in module.parameters(recurse=False))
+    for name, p in model.named_parameters():  # Swin's relative position tables, as the official optimizer
+        if name.endswith(("relative_position_bias_table", "absolute_pos_embed")):
+            no_decay.add(id(p))
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -48,7 +48,7 @@ def read_manifest(manifest_path: str | Path) -> dict:
     if path.is_dir():
         path = path / "manifest.json"
     try:  # one reader of the export format: the exporter's
-        manifest = load_manifest(path.parent, check_graphs=True)
+        manifest = load_manifest(path.parent, check_graphs=True, require_config=False)
     except ExportError as e:
         raise ManifestError(str(e)) from None
     graphs = manifest.get("graphs")

@@ -279,11 +279,12 @@ def _entry(model: onnx.ModelProto, path: Path, profiles: dict, seconds: float) -
             "export_s": round(seconds, 2)}
 
 
-def load_manifest(export_dir: str | Path, check_graphs: bool = False) -> dict:
+def load_manifest(export_dir: str | Path, check_graphs: bool = False, require_config: bool = True) -> dict:
     """Read and check an export's manifest.json (clear errors when missing or from another format version).
 
     check_graphs: also parse every ONNX file it names and refuse a manifest whose declared precision or I/O
-    (names, dtypes) disagrees with the graphs themselves (`check_manifest_graphs`)."""
+    (names, dtypes) disagrees with the graphs themselves (`check_manifest_graphs`). require_config: the model
+    config must be there (the runtime builds the model's pre/post-processing from it; the engine builder does not)."""
     if not Path(export_dir).is_dir():
         raise ExportError(f"{export_dir} is not an export folder (it holds manifest.json and the ONNX files): pass "
                           "the --out-dir of `python export/to_onnx.py`")
@@ -300,7 +301,8 @@ def load_manifest(export_dir: str | Path, check_graphs: bool = False) -> dict:
         raise ExportError(f"{path} is not a vita-deploy export manifest of format version {EXPORT_FORMAT_VERSION}; "
                           "re-export with this version")
     for key, ok in (("precision", lambda v: v in ("fp32", "fp16")), ("deform_attn", lambda v: v in DEFORM_ATTN_MODES),
-                    ("config", lambda v: isinstance(v, dict)), ("graphs", lambda v: isinstance(v, dict) and v)):
+                    ("config", lambda v: isinstance(v, dict) or (v is None and not require_config)),
+                    ("graphs", lambda v: isinstance(v, dict) and v)):
         if not ok(manifest.get(key)):
             raise ExportError(f"{path}: '{key}' is missing or invalid ({manifest.get(key)!r:.60}): re-export")
     for name, info in manifest["graphs"].items():

@@ -35,6 +35,7 @@ from torch import nn
 from torch.export import Dim
 
 from vita_deploy.export.plugin import PLUGINS, TRANSLATIONS, annotate_plugin_outputs, plugins_in
+from vita_deploy.config import ModelConfig, SwinConfig
 from vita_deploy.files import atomic_write, file_sha256
 from vita_deploy.modeling.model import MaskFeatureGraph, VitaModel
 from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
@@ -94,6 +95,15 @@ class _Precision(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
         out = self.module(x.half() if self.half else x)
         return out.float() if isinstance(out, torch.Tensor) else tuple(o.float() for o in out)
+
+
+def example_size(cfg: ModelConfig) -> tuple[int, int]:
+    """Padded H, W of the example traced for a dynamic-size export. ResNet: 64x96. Swin: every stage map spans at
+    least two windows per axis (res5 > window), because torch.export specialises sizes that are 1 in the
+    example (a window count of 1 would be baked into the graph and fail at larger inputs)."""
+    if isinstance(cfg.backbone, SwinConfig):
+        return 32 * (cfg.backbone.window_size + 1), 32 * (cfg.backbone.window_size + 2)
+    return 64, 96
 
 
 def input_profiles(model: VitaModel, options: ExportOptions) -> dict[str, dict[str, list[int]]]:
@@ -206,7 +216,8 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
     if "frame_detector" in graphs:
         # images (N, 3, H, W) -> frame_queries (N, fQ, C), mask_features (N, C, H/4, W/4)
         p = profiles["images"]
-        example = torch.randn(min(2, p["max"][0]), 3, *((options.height, options.width) if options.height else (64, 96)))
+        example = torch.randn(min(2, p["max"][0]), 3, *((options.height, options.width) if options.height
+                                                         else example_size(cfg)))
         dynamic = {0: Dim("batch", min=1, max=p["max"][0])} if p["max"][0] > 1 else {}
         if options.height is None:
             dynamic[2] = 32 * Dim("h32", min=p["min"][2] // 32, max=p["max"][2] // 32)
@@ -236,7 +247,8 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
     if "mask_features" in graphs:
         # images (N, 3, H, W) -> mask_features (N, C, H/4, W/4): the same modules as the detector, no decoder
         p = profiles["images"]
-        example = torch.randn(min(2, p["max"][0]), 3, *((options.height, options.width) if options.height else (64, 96)))
+        example = torch.randn(min(2, p["max"][0]), 3, *((options.height, options.width) if options.height
+                                                         else example_size(cfg)))
         dynamic = {0: Dim("batch", min=1, max=p["max"][0])} if p["max"][0] > 1 else {}
         if options.height is None:
             dynamic[2] = 32 * Dim("h32", min=p["min"][2] // 32, max=p["max"][2] // 32)

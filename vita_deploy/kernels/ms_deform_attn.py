@@ -50,9 +50,13 @@ def require_triton() -> None:
             "(or use the grid_sample path: deform_attn_implementation('reference'))")
 
 
+# Triton decides at decoration time whether a kernel runs in its interpreter, so read the setting once, here.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1 before triton was imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when this module's kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return _INTERPRETED
 
 
 def _msda_fwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr,  # inputs (plugin order)

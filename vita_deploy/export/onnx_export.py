@@ -192,6 +192,18 @@ def _custom_ops(model: onnx.ModelProto) -> list[dict]:
     return ops
 
 
+def _image_example(profile: dict, options: ExportOptions, cfg) -> tuple[torch.Tensor, dict]:
+    """Example images (N, 3, H, W) and their dynamic dims for the graphs that take `images` (detector, mask
+    features): N in 1..max, H and W multiples of 32 within the profile unless the export has a fixed size."""
+    example = torch.randn(min(2, profile["max"][0]), 3, *((options.height, options.width) if options.height
+                                                          else example_size(cfg)))
+    dynamic = {0: Dim("batch", min=1, max=profile["max"][0])} if profile["max"][0] > 1 else {}
+    if options.height is None:
+        dynamic[2] = 32 * Dim("h32", min=profile["min"][2] // 32, max=profile["max"][2] // 32)
+        dynamic[3] = 32 * Dim("w32", min=profile["min"][3] // 32, max=profile["max"][3] // 32)
+    return example, dynamic
+
+
 def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, checkpoint: str | Path | None = None,
                  log: Callable[[str], None] = print, graphs: tuple[str, ...] = GRAPHS) -> dict:
     """Write frame_detector.onnx, vita_head.onnx, mask_features.onnx and manifest.json into `out_dir`; returns
@@ -216,12 +228,7 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
     if "frame_detector" in graphs:
         # images (N, 3, H, W) -> frame_queries (N, fQ, C), mask_features (N, C, H/4, W/4)
         p = profiles["images"]
-        example = torch.randn(min(2, p["max"][0]), 3, *((options.height, options.width) if options.height
-                                                         else example_size(cfg)))
-        dynamic = {0: Dim("batch", min=1, max=p["max"][0])} if p["max"][0] > 1 else {}
-        if options.height is None:
-            dynamic[2] = 32 * Dim("h32", min=p["min"][2] // 32, max=p["max"][2] // 32)
-            dynamic[3] = 32 * Dim("w32", min=p["min"][3] // 32, max=p["max"][3] // 32)
+        example, dynamic = _image_example(p, options, cfg)
         log(f"[1/3] exporting {DETECTOR_FILE} ({cfg.name}, deform-attn {options.deform_attn}, {options.precision}, "
             f"images min {p['min']} max {p['max']}) ...")
         start = time.perf_counter()
@@ -247,12 +254,7 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
     if "mask_features" in graphs:
         # images (N, 3, H, W) -> mask_features (N, C, H/4, W/4): the same modules as the detector, no decoder
         p = profiles["images"]
-        example = torch.randn(min(2, p["max"][0]), 3, *((options.height, options.width) if options.height
-                                                         else example_size(cfg)))
-        dynamic = {0: Dim("batch", min=1, max=p["max"][0])} if p["max"][0] > 1 else {}
-        if options.height is None:
-            dynamic[2] = 32 * Dim("h32", min=p["min"][2] // 32, max=p["max"][2] // 32)
-            dynamic[3] = 32 * Dim("w32", min=p["min"][3] // 32, max=p["max"][3] // 32)
+        example, dynamic = _image_example(p, options, cfg)
         log(f"[+] exporting {MASK_FEATURES_FILE} (backbone, pixel decoder, mask-features conv) ...")
         start = time.perf_counter()
         onnx_model = export_graph(MaskFeatureGraph(model.frame_detector), example, dynamic or None, "images",

@@ -75,8 +75,10 @@ def test_cli_schedule_flags_reach_the_optimizer(data, tmp_path):
     cfg, resume = parse_args(["--data", str(data), "--out", str(tmp_path), "--lr", "1e-3",
                               "--backbone-lr-mult", "1.0", "--warmup-iters", "100"])
     assert resume is None and (cfg.backbone_lr_mult, cfg.warmup_iters) == (1.0, 100)
-    defaults, _ = parse_args(["--data", str(data), "--out", str(tmp_path)])
-    assert (defaults.backbone_lr_mult, defaults.warmup_iters) == (0.1, 10)  # the official fine-tuning recipe
+    defaults, _ = parse_args(["--data", str(data), "--out", str(tmp_path)])  # tiny: the shipped recipe
+    assert (defaults.config, defaults.iters, defaults.batch_size, defaults.num_frames) == ("tiny", 2400, 4, 3)
+    assert (defaults.lr, defaults.backbone_lr_mult, defaults.warmup_iters) == (1e-3, 1.0, 100)
+    assert defaults.lr_steps == pytest.approx((0.8,)) and defaults.sampling_frame_range == 10
     model = Trainer(config(data, tmp_path, backbone_lr_mult=1.0)).model
     groups = build_optimizer(model, cfg).param_groups
     assert len(groups) > 1 and all(g["lr"] == pytest.approx(1e-3) for g in groups)  # backbone at full lr
@@ -102,3 +104,27 @@ def test_bad_data_folder_is_a_clear_error(tmp_path, capsys):
     from vita_deploy import train
     assert train.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--iters", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config, iters, steps, frames, frame_range", [
+    ("r50", 140000, (75000,), 5, 20), ("swinl-ytvis21", 187500, (100000,), 6, 8), ("r50-ovis", 150000, (50000, 125000), 6, 8)])
+def test_train_defaults_are_the_configs_official_recipe(config, iters, steps, frames, frame_range, data, tmp_path,
+                                                        monkeypatch):
+    """Written from the official yamls (SOLVER / INPUT of configs/<dataset>/vita_*_bs8.yaml), not from our configs."""
+    from vita_deploy.data.dataset import ClipAugmentation
+    from vita_deploy.train import parse_args
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # IMS_PER_BATCH 8 is all processes together
+    cfg, _ = parse_args(["--data", str(data), "--out", str(tmp_path), "--config", config])
+    assert (cfg.iters, cfg.batch_size, cfg.num_frames, cfg.sampling_frame_range) == (iters, 4, frames, frame_range)
+    assert (cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay, cfg.clip_grad, cfg.warmup_iters) == (
+        5e-5, 0.1, 0.05, 0.01, 10)
+    assert cfg.lr_steps == pytest.approx(tuple(s / iters for s in steps)) and cfg.amp
+    overridden, _ = parse_args(["--data", str(data), "--out", str(tmp_path), "--config", config, "--lr", "1e-4",
+                                "--iters", "10"])
+    assert (overridden.lr, overridden.iters, overridden.num_frames) == (1e-4, 10, frames)
+    from vita_deploy.config import get_config
+    aug = ClipAugmentation.from_recipe(get_config(config).train)
+    assert aug.min_sizes == tuple(range(288, 513, 32)) and aug.max_size == 768  # MIN/MAX_SIZE_TRAIN
+    assert aug.crop_range == (384, 600) and aug.crop_resize_sizes == (400, 500, 600)  # CROP absolute_range
+    assert ClipAugmentation.from_recipe(get_config("tiny").train) == ClipAugmentation()

@@ -138,6 +138,7 @@ class TrainRecipeConfig:
     min_size_train: tuple[int, ...] = (288, 320, 352, 384, 416, 448, 480, 512)  # choice_by_clip
     max_size_train: int = 768
     crop_size: tuple[int, int] = (384, 600)  # absolute_range crop
+    crop_resize_sizes: tuple[int, ...] = (400, 500, 600)  # shortest edge before the crop (VITA's build_augmentation)
     amp: bool = True
 
     @property
@@ -283,7 +284,8 @@ def tiny_config() -> ModelConfig:
         train=TrainRecipeConfig(train_datasets=("synthetic",), dataset_ratio=(1.0,), sampling_frame_num=3,
                                 sampling_frame_range=10, ims_per_batch=4, base_lr=1e-3, max_iter=2400,
                                 steps=(1920,), warmup_iters=100, backbone_multiplier=1.0,
-                                min_size_train=(128, 144, 160, 176), max_size_train=256, crop_size=(112, 176)),
+                                min_size_train=(128, 144, 160, 176), max_size_train=256, crop_size=(112, 176),
+                                crop_resize_sizes=(144, 160, 192)),
     )
 
 

@@ -17,6 +17,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
+from vita_deploy.config import TrainRecipeConfig
 from vita_deploy.data.ytvis_json import YTVISFormatError, category_mapping, load_ytvis_json, segmentation_to_rle
 from vita_deploy.video_io import read_image
 
@@ -35,8 +36,8 @@ def sample_frame_indices(rng: np.random.Generator, length: int, num_frames: int,
 
 @dataclass
 class ClipAugmentation:
-    """Clip-consistent augmentation. Defaults suit the small synthetic frames; `official_ytvis()` gives the
-    official YouTube-VIS values."""
+    """Clip-consistent augmentation. Defaults suit the small synthetic frames (the `tiny` recipe);
+    `from_recipe(get_config(name).train)` gives a config's own, e.g. the official YouTube-VIS values."""
 
     min_sizes: tuple[int, ...] = (128, 144, 160, 176)
     max_size: int = 256
@@ -46,9 +47,11 @@ class ClipAugmentation:
     flip_prob: float = 0.5
 
     @classmethod
-    def official_ytvis(cls) -> "ClipAugmentation":
-        return cls(min_sizes=tuple(range(288, 513, 32)), max_size=768, crop_prob=0.5,
-                   crop_resize_sizes=(400, 500, 600), crop_range=(384, 600), flip_prob=0.5)
+    def from_recipe(cls, recipe: TrainRecipeConfig) -> "ClipAugmentation":
+        """The INPUT section of a config's training recipe (MIN/MAX_SIZE_TRAIN, CROP.SIZE, the pre-crop resize)."""
+        return cls(min_sizes=tuple(recipe.min_size_train), max_size=recipe.max_size_train, crop_prob=0.5,
+                   crop_resize_sizes=tuple(recipe.crop_resize_sizes), crop_range=tuple(recipe.crop_size),
+                   flip_prob=0.5)
 
     def sample(self, rng: np.random.Generator, h: int, w: int, num_frames: int = 1) -> dict:
         """Parameters for one clip of `num_frames` frames of (h, w) pixels.

@@ -125,7 +125,8 @@ class Trainer:
         data = Path(cfg.data)
         self.train_set = YTVISClipDataset(data / "train.json", data / "train" / "JPEGImages", num_frames=cfg.num_frames,
                                           sampling_frame_range=cfg.sampling_frame_range,
-                                          augment=ClipAugmentation(), seed=cfg.seed + 1000 * self.rank)  # ranks draw different clips
+                                          augment=ClipAugmentation.from_recipe(get_config(cfg.config).train),
+                                          seed=cfg.seed + 1000 * self.rank)  # ranks draw different clips
         # The model predicts the data set's categories (contiguous index -> dataset id, names from the JSON).
         self.model_cfg = get_config(cfg.config).with_num_classes(self.train_set.num_classes,
                                                                  tuple(self.train_set.category_names))

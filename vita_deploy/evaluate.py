@@ -19,7 +19,8 @@ from vita_deploy.files import atomic_write_text, refuse_clobber
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vita_deploy.evaluate",
                                 description="YouTube-VIS metrics of a results file against a labelled GT file.")
-    p.add_argument("--gt", type=cli.existing_file, required=True, help="ground-truth JSON with annotations (YouTube-VIS 2019/2021 layout)")
+    p.add_argument("--gt", type=cli.existing_file, required=True,
+                   help="ground-truth JSON with annotations (YouTube-VIS 2019/2021 layout)")
     p.add_argument("--results", type=cli.existing_file, required=True,
                    help="results JSON: a list of {video_id, category_id, score, segmentations (one RLE or null "
                         "per frame)}")

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", type=cli.existing_path, help="mp4 file or folder of frames")
     parser.add_argument("--checkpoint", type=cli.existing_file, help="our .pth or an official VITA model_final.pth")
-    parser.add_argument("--config", choices=config_names(), type=canonical_config_name, help="config for official/random weights")
+    parser.add_argument("--config", choices=config_names(), type=canonical_config_name,
+                        help="config for official/random weights")
     parser.add_argument("--json", type=cli.output_file, default="results.json",
                         help="YouTube-VIS result JSON to write")
     parser.add_argument("--out", type=cli.output_file,
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", choices=FEATURE_MODES, default="auto",
                         help="mask features: keep them in memory, recompute them in a second pass over the video "
                              "(flat memory, any length), or auto: keep while they fit the host budget (README)")
-    parser.add_argument("--host-budget-mb", type=cli.positive_float, help="host memory for kept mask features (auto: a quarter of the RAM)")
+    parser.add_argument("--host-budget-mb", type=cli.positive_float,
+                        help="host memory for kept mask features (auto: a quarter of the RAM)")
     parser.add_argument("--spill-dir", help="folder where kept mask features beyond the budget may go to disk "
                                             "(never used unless given)")
     args = parser.parse_args(argv)

@@ -2,8 +2,8 @@
 
 frames -> resize/normalise/pad -> frame detector in chunks (memory does not grow with video length in this
 stage; mask features wait in a device/host/disk `FeatureStore`) -> VITA once over all frame queries ->
-top-k (query, class) pairs -> masks in chunks of frames, mask score, upsampling -> one RLE per frame. The two graphs are passed in as callables, so the same code runs the
-eager model, ONNX Runtime sessions or TensorRT engines.
+top-k (query, class) pairs -> masks in chunks of frames, mask score, upsampling -> one RLE per frame. The two
+graphs are passed in as callables, so the same code runs the eager model, ONNX Runtime sessions or TensorRT engines.
 """
 from __future__ import annotations
 

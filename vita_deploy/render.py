@@ -67,7 +67,8 @@ def render_video(frames: Iterable[np.ndarray], pred: VideoPrediction, out_path: 
         os.remove(tmp)
         raise RuntimeError(f"OpenCV cannot write mp4 to {out_path}")
     try:
-        for t, frame in enumerate(tqdm(frames, total=pred.num_frames, desc="render", unit="frame", disable=not progress)):
+        bar = tqdm(frames, total=pred.num_frames, desc="render", unit="frame", disable=not progress)
+        for t, frame in enumerate(bar):
             masks = [mask_utils.decode(pred.segmentations[i][t]).astype(bool) for i in keep]
             writer.write(cv2.cvtColor(draw_frame(frame, masks, labels, colors), cv2.COLOR_RGB2BGR))
         writer.release()

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=cli.positive_int, default=360, help="largest T the VITA head accepts (1..N)")
     p.add_argument("--height", type=cli.positive_int,
                    help="fixed padded input height, a multiple of 32 (default: dynamic)")
-    p.add_argument("--width", type=cli.positive_int, help="fixed padded input width, a multiple of 32 (default: dynamic)")
+    p.add_argument("--width", type=cli.positive_int,
+                   help="fixed padded input width, a multiple of 32 (default: dynamic)")
     p.add_argument("--max-batch", type=cli.positive_int,
                    help="most frames per detector call (default: the config's chunk size)")
     p.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS),

@@ -26,8 +26,10 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(PY) -m vita_deploy.demo --out outputs/demo
 
+# Two xdist workers, one file each at a time (module fixtures stay per file); exports are shared between them.
+TEST_WORKERS ?= 2
 test: install-dev
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

@@ -84,8 +84,9 @@ def _copy_export(src: Path, dst: Path, edit: Callable[[dict], None] | None = Non
     return dst
 
 
-def build_workspace(root: Path) -> Workspace:
-    """Write every shared input under `root` (about 30 s, mostly the ONNX export of the tiny model)."""
+def build_workspace(root: Path, export: Path | None = None) -> Workspace:
+    """Write every shared input under `root`. `export`: an export of the shipped checkpoint to copy (the test
+    session shares test_export's); without it the shipped checkpoint is exported here (about a minute)."""
     import torch
 
     from vita_deploy.data.synthetic import generate_split
@@ -106,10 +107,12 @@ def build_workspace(root: Path) -> Workspace:
     good = [{"video_id": a["video_id"], "category_id": a["category_id"], "score": 0.9,
              "segmentations": a["segmentations"]} for a in gt["annotations"]]
     ws.results.write_text(json.dumps(good))
-    # export of the shipped checkpoint (fixed 64x96 input so it stays small)
-    model = load_checkpoint(ws.ckpt)[0]
-    export_model(model, ws.export, ExportOptions(deform_attn="native", max_frames=8, height=64, width=96),
-                 checkpoint=ws.ckpt, log=lambda msg: None)
+    # export of the shipped checkpoint (its sha256 in the manifest)
+    if export is not None:
+        shutil.copytree(export, ws.export)
+    else:
+        export_model(load_checkpoint(ws.ckpt)[0], ws.export, ExportOptions(deform_attn="native", max_frames=8,
+                     height=64, width=96), checkpoint=ws.ckpt, log=lambda msg: None)
     m = json.loads((ws.export / "manifest.json").read_text())
 
     # bad files --------------------------------------------------------------------------------------------------
@@ -733,7 +736,8 @@ except ImportError:  # the --classify mode needs no pytest
 if pytest is not None:
     @pytest.fixture(scope="session")
     def workspace(tmp_path_factory) -> Workspace:
-        return build_workspace(tmp_path_factory.mktemp("bad_inputs"))
+        from test_export import exported_trained
+        return build_workspace(tmp_path_factory.mktemp("bad_inputs"), exported_trained())
 
     def test_corpus_size() -> None:
         assert len(CASES) >= 150, len(CASES)

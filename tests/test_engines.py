@@ -1,6 +1,6 @@
 """Engine builder tests: real TensorRT-RTX ahead-of-time builds (SM89) of small ONNX graphs on CPU, trtexec
-grammar parsing, error paths, the CLI, the datacenter-TensorRT differences (with a stand-in module), and a
-build of an exported tiny model from its manifest."""
+grammar parsing, error paths, the CLI and the datacenter-TensorRT differences (with a stand-in module). Builds of
+the real exports from their manifests (sidecars, profiles, hashes): tests/test_export_trt.py."""
 from __future__ import annotations
 
 import json
@@ -282,26 +282,6 @@ def test_manifest_errors(graphs, tmp_path):
     assert results["conv"]["graph"] == "conv" and (tmp_path / "engines" / "conv.engine").stat().st_size > 0
     with pytest.raises(ManifestError):
         build_from_manifest(tmp_path / "missing" / "manifest.json", backend=RTX)
-
-
-@needs_rtx
-def test_export_tiny_native_and_build_from_manifest(tmp_path):
-    """The real export (fixed 128x128 input to keep it short) builds into both engines with the declared profiles."""
-    from vita_deploy.config import get_config
-    from vita_deploy.export.onnx_export import ExportOptions, export_model
-    from vita_deploy.modeling.model import build_model
-
-    options = ExportOptions(deform_attn="native", precision="fp32", max_frames=12, height=128, width=128)
-    export_model(build_model(get_config("tiny")), tmp_path, options, log=lambda _: None,
-                 graphs=("frame_detector", "vita_head"))  # mask_features.onnx: tests/test_streaming.py
-    results = build_from_manifest(tmp_path / "manifest.json", backend=RTX)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert set(results) == set(manifest["graphs"]) == {"frame_detector", "vita_head"}
-    for graph, info in manifest["graphs"].items():
-        meta = json.loads((tmp_path / (Path(info["file"]).stem + ".engine.json")).read_text())
-        assert meta["onnx_sha256"] == info["sha256"] and meta["profiles"] == info["profiles"]
-        assert meta["export"]["deform_attn"] == "native" and meta["target"].startswith("SM89")
-        assert (tmp_path / meta["engine"]).stat().st_size == meta["engine_bytes"] > 100_000
 
 
 # --- datacenter TensorRT (only where it and a GPU exist) ------------------------------------------------------

@@ -1,17 +1,21 @@
 """ONNX export: tensor and video parity in ONNX Runtime vs eager, the plugin form, fp16 graphs, the CLI.
 
-Exports are slow (tens of seconds each on 2 cores), so each (config, mode, precision) is exported once per
-session by `exported` and shared with tests/test_export_trt.py. Parity is reported per output as max abs error
+Exports are slow (a minute or more each on 2 cores), so each (config, mode, precision) is exported once per
+test run by `exported` (and the shipped checkpoint by `exported_trained`) and shared with the other test files
+(engine builds, benchmarks, verify, serving, the bad-input corpus). Parity is reported per output as max abs error
 and relative error = max abs error / max |eager|; the worst case is asserted against the thresholds below.
 """
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +39,14 @@ from vita_deploy.modeling.ms_deform_attn import ms_deform_attn
 
 FP32_REL = 1e-4  # fp32 graph vs fp32 eager
 FP16_REL = 1e-2  # fp16 graph (fp32 islands) vs fp32 eager, ONNX Runtime CPU (measured worst 5e-3)
-EXPORT_ROOT = Path(tempfile.mkdtemp(prefix="vita_export_test_"))
-atexit.register(shutil.rmtree, EXPORT_ROOT, ignore_errors=True)  # ~600 MB of ONNX files per session
+# ~600 MB of ONNX files per session. Under pytest-xdist (`make test` runs 2 workers) the workers share one folder
+# named after the run, so each export is made once per run; conftest.py removes it when the run ends.
+if os.environ.get("PYTEST_XDIST_TESTRUNUID"):
+    EXPORT_ROOT = Path(tempfile.gettempdir()) / f"vita_export_test_{os.environ['PYTEST_XDIST_TESTRUNUID']}"
+    EXPORT_ROOT.mkdir(exist_ok=True)
+else:
+    EXPORT_ROOT = Path(tempfile.mkdtemp(prefix="vita_export_test_"))
+    atexit.register(shutil.rmtree, EXPORT_ROOT, ignore_errors=True)
 TINY_SIZES = ((1, 64, 64), (2, 96, 160), (3, 160, 224))
 TINY_FRAMES = (1, 6, 7, 13, 20)
 
@@ -53,9 +63,27 @@ def exported(name: str, mode: str = "native", precision: str = "fp32", graphs: s
     return _exported(name, mode, precision, graphs)  # positional: one cache entry however it is called
 
 
+def shared_export(key: str, make: Callable[[Path], None]) -> Path:
+    """EXPORT_ROOT/key, made by `make(folder)` once per test run: the first process to ask makes it under a file
+    lock (the other xdist worker waits for it), into a temporary folder renamed when complete."""
+    out = EXPORT_ROOT / key
+    with open(EXPORT_ROOT / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.is_dir():
+            tmp = EXPORT_ROOT / f"{key}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            make(tmp)
+            tmp.rename(out)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _exported(name: str, mode: str, precision: str, graphs: str) -> Path:
-    out = EXPORT_ROOT / f"{name}_{mode}_{precision}_{graphs.replace(',', '_')}"
+    return shared_export(f"{name}_{mode}_{precision}_{graphs.replace(',', '_')}",
+                         lambda out: _export(name, mode, precision, graphs, out))
+
+
+def _export(name: str, mode: str, precision: str, graphs: str, out: Path) -> None:
     if name == "r50":
         assert graphs == "frame_detector,vita_head"
         rc = cli_main(["--config", "r50", "--out-dir", str(out), "--deform-attn", mode, "--precision", precision,
@@ -65,7 +93,15 @@ def _exported(name: str, mode: str, precision: str, graphs: str) -> Path:
     else:
         export_model(random_model(name), out, ExportOptions(deform_attn=mode, precision=precision, max_frames=64),
                      log=print, graphs=tuple(graphs.split(",")))
-    return out
+
+
+@functools.lru_cache(maxsize=None)
+def exported_trained() -> Path:
+    """The shipped trained tiny checkpoint exported once per session (dynamic N, H, W and T, the checkpoint's
+    sha256 in the manifest); shared with tests/test_bad_inputs.py's workspace."""
+    return shared_export("tiny_trained_native_fp32", lambda out: export_model(
+        load_checkpoint(DEFAULT_CHECKPOINT)[0], out, ExportOptions(deform_attn="native", max_frames=64),
+        checkpoint=DEFAULT_CHECKPOINT))  # all three graphs: verify also checks recompute mode
 
 
 def errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -74,8 +110,10 @@ def errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 def check_parity(export_dir: Path, model, sizes, frames, threshold: float) -> dict:
-    """Run both graphs in ORT and eager at every size; print every output's errors, assert the worst."""
-    detector, vita = ort_engine(export_dir, "frame_detector"), ort_engine(export_dir, "vita_head")
+    """Run both graphs in ORT and eager at every size (the frame detector only when `frames` is empty); print
+    every output's errors, assert the worst."""
+    detector = ort_engine(export_dir, "frame_detector")
+    vita = ort_engine(export_dir, "vita_head") if frames else None
     cfg = model.cfg
     report = {}
     g = torch.Generator().manual_seed(1)
@@ -138,8 +176,7 @@ def test_tiny_fp32_parity_trained_weights(tmp_path):
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip(f"the trained tiny checkpoint {DEFAULT_CHECKPOINT} is not shipped yet")
     model = load_checkpoint(DEFAULT_CHECKPOINT)[0]
-    export_dir = tmp_path / "export"
-    export_model(model, export_dir, ExportOptions(deform_attn="native", max_frames=64), checkpoint=DEFAULT_CHECKPOINT)
+    export_dir = exported_trained()
     check_parity(export_dir, model, TINY_SIZES[:2], (1, 7, 13), FP32_REL)
     # Video parity on labelled synthetic videos (a seed disjoint from training): matched mask IoU and AP.
     import json

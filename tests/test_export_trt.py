@@ -2,6 +2,8 @@
 on this GPU-less machine, through the project's engine builder. Any parser error fails the test, naming the node."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from test_export import exported
@@ -27,3 +29,7 @@ def test_tensorrt_rtx_builds_native_graphs(name, precision, tmp_path):
         io = {t["name"]: t for t in sidecar["io"]}
         assert set(io) == {i["name"] for i in info["inputs"] + info["outputs"]}
         assert all(t["dtype"] == "fp32" for t in io.values())  # float32 I/O in both precisions
+        meta = json.loads((tmp_path / f"{graph}.engine.json").read_text())  # the sidecar on disk
+        assert meta["onnx_sha256"] == info["sha256"] and meta["profiles"] == info["profiles"]
+        assert meta["export"]["deform_attn"] == "native" and meta["target"].startswith("SM89")
+        assert (tmp_path / meta["engine"]).stat().st_size == meta["engine_bytes"]

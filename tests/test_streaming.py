@@ -333,14 +333,12 @@ def test_infer_cli_features_flag(tmp_path):
 def mask_features_export():
     """tiny (seeded random weights) exported with the mask-feature graph only (the other two graphs are covered
     by test_export.py; exporting them again would add a minute of CI)."""
-    from test_export import EXPORT_ROOT, random_model
+    from test_export import random_model, shared_export
     from vita_deploy.export import ExportOptions, export_model
 
-    out = EXPORT_ROOT / "tiny_native_fp32_mask_features"
-    if not (out / "manifest.json").exists():
-        export_model(random_model("tiny"), out, ExportOptions(deform_attn="native", max_frames=64), log=print,
-                     graphs=("mask_features",))
-    return out
+    return shared_export("tiny_native_fp32_mask_features", lambda out: export_model(
+        random_model("tiny"), out, ExportOptions(deform_attn="native", max_frames=64), log=print,
+        graphs=("mask_features",)))
 
 
 def test_mask_feature_graph_ort_parity_recompute_and_verify(mask_features_export, tmp_path, capsys):

@@ -3,7 +3,7 @@ padding and shifted-window masks inside the graph), fp32 and fp16, parity in ONN
 need window padding, are smaller than a window, or are not square; and a TensorRT-RTX ahead-of-time build.
 
 The narrow model is Swin with embed 16, depths 2/2/2/2 (a shifted block in every stage), window 7, under `tiny`
-heads cut to one pixel-decoder and one frame-decoder layer; only the frame detector is exported (VITA's graph does
+heads with the pixel decoder cut to one layer; only the frame detector is exported (VITA's graph does
 not depend on the backbone and is tested in test_export.py). The full Swin-L graphs are measured in the README's
 zoo table instead (minutes per export and build).
 """
@@ -37,8 +37,7 @@ def swin_model():
     tiny = get_config("tiny")
     cfg = replace(tiny, name="tiny-swin", backbone=NARROW_SWIN,
                   input=replace(tiny.input, min_size_test=224, max_size_test=448),
-                  pixel_decoder=replace(tiny.pixel_decoder, num_layers=1),
-                  frame_decoder=replace(tiny.frame_decoder, num_layers=1))
+                  pixel_decoder=replace(tiny.pixel_decoder, num_layers=1))
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     for p in model.frame_detector.backbone.parameters():  # non-trivial LayerNorms and biases

@@ -107,7 +107,7 @@ def _libc_malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, or None on other C libraries."""
     try:
         return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
 
 

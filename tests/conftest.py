@@ -26,6 +26,11 @@ def _seed_and_threads():
     torch.set_num_threads(THREADS)
 
 
+def shared_export_root(uid: str) -> Path:
+    """The folder the xdist workers of run `uid` share their exports in (tests/test_export.py EXPORT_ROOT)."""
+    return Path(tempfile.gettempdir()) / f"vita_export_test_{uid}"
+
+
 def pytest_configure(config):
     """An xdist controller fixes the run's id itself (workers get it as PYTEST_XDIST_TESTRUNUID) so that it can
     remove the export folder its workers shared when the run ends (tests/test_export.py EXPORT_ROOT)."""
@@ -37,4 +42,4 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     uid = getattr(config.option, "testrunuid", None)
     if uid and not hasattr(config, "workerinput"):
-        shutil.rmtree(Path(tempfile.gettempdir()) / f"vita_export_test_{uid}", ignore_errors=True)
+        shutil.rmtree(shared_export_root(uid), ignore_errors=True)

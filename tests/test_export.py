@@ -42,7 +42,8 @@ FP16_REL = 1e-2  # fp16 graph (fp32 islands) vs fp32 eager, ONNX Runtime CPU (me
 # ~600 MB of ONNX files per session. Under pytest-xdist (`make test` runs 2 workers) the workers share one folder
 # named after the run, so each export is made once per run; conftest.py removes it when the run ends.
 if os.environ.get("PYTEST_XDIST_TESTRUNUID"):
-    EXPORT_ROOT = Path(tempfile.gettempdir()) / f"vita_export_test_{os.environ['PYTEST_XDIST_TESTRUNUID']}"
+    from conftest import shared_export_root
+    EXPORT_ROOT = shared_export_root(os.environ["PYTEST_XDIST_TESTRUNUID"])
     EXPORT_ROOT.mkdir(exist_ok=True)
 else:
     EXPORT_ROOT = Path(tempfile.mkdtemp(prefix="vita_export_test_"))

@@ -22,7 +22,7 @@ from vita_deploy.loading import load_model
 from vita_deploy.modeling.model import build_model
 from vita_deploy.postprocess import MaskMaker
 from vita_deploy.prefetch import FrameReadError, is_rereadable
-from vita_deploy.video_io import open_video
+from vita_deploy.video_io import VideoReadError, open_video
 
 
 def coco(masks: np.ndarray) -> list[dict]:
@@ -325,6 +325,95 @@ def test_infer_cli_features_flag(tmp_path):
     keep, rec, auto = (json.loads(out[m].read_text()) for m in ("keep", "recompute", "auto"))
     assert keep == auto and [r["segmentations"] for r in keep] == [r["segmentations"] for r in rec]
     assert all(abs(a["score"] - b["score"]) <= 1e-6 for a, b in zip(keep, rec))
+
+
+# -- rendering: recompute mode draws during its second pass, keep mode in a second read ------------------------
+
+class _Collect:
+    """A FrameSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.begun: tuple | None = None
+        self.frames: list[np.ndarray] = []
+        self.rles: list[list[dict]] = []
+
+    def begin(self, class_scores, labels, height, width) -> None:
+        assert self.begun is None and not self.frames, "begin once, before any frame"
+        self.begun = (class_scores, labels, height, width)
+
+    def write(self, frame, rles) -> None:
+        self.frames.append(frame.copy())
+        self.rles.append(rles)
+
+
+class _CountReads:
+    """Re-readable frames that count how often they are read."""
+
+    def __init__(self, frames, short_on_read: int | None = None) -> None:
+        self.frames, self.reads, self.short_on_read = frames, 0, short_on_read
+
+    def __iter__(self):
+        self.reads += 1
+        frames = self.frames[:-1] if self.reads == self.short_on_read else self.frames
+        yield from frames
+
+
+def test_sink_gets_the_same_frames_and_masks_in_both_modes(trained):
+    cfg = dataclasses.replace(trained.cfg, inference=dataclasses.replace(trained.cfg.inference, chunk_size=4,
+                                                                         interpolate_chunk_size=3))
+    graphs, mf = eager_graphs(trained), eager_mask_features(trained)
+    frames = _frames(11)  # not a multiple of either chunk size
+    runs = {}
+    for mode, overlap in (("keep", False), ("keep", True), ("recompute", False), ("recompute", True)):
+        source, sink = _CountReads(frames), _Collect()
+        pred = run_video(source, *graphs, cfg, mask_features=mf, features=mode, overlap=overlap, sink=sink)
+        assert pred.features_mode == mode and source.reads == 2  # one pass + the render read, or the two passes
+        assert len(sink.frames) == 11 and all(np.array_equal(a, b) for a, b in zip(sink.frames, frames))
+        assert [[r[q] for r in sink.rles] for q in range(len(pred.labels))] == pred.segmentations
+        assert sink.begun == (pred.class_scores, pred.labels, 90, 150)
+        assert pred.timings["render"] > 0
+        runs[mode, overlap] = pred
+    for pred in runs.values():
+        assert_same(runs["keep", False], pred)
+        # final score = class probability x mask score (a mean of sigmoids inside the hard mask: <= 1)
+        assert all(0 <= s <= c for s, c in zip(pred.scores, pred.class_scores))
+    assert any(s > 0.3 for s in runs["keep", False].class_scores)
+
+
+def test_sink_needs_a_source_that_reads_twice(random_tiny):
+    graphs, mf = eager_graphs(random_tiny), eager_mask_features(random_tiny)
+    frames = _frames(5, 64, 96)
+    for mode in ("keep", "auto"):  # (recompute refuses a stream anyway: test_recompute_refuses_streams...)
+        with pytest.raises(FeaturePolicyError, match="rendering reads the video a second time"):
+            run_video(iter(frames), *graphs, random_tiny.cfg, mask_features=mf, features=mode, sink=_Collect())
+    with pytest.raises(VideoReadError, match="read differently the second time"):
+        run_video(_CountReads(frames, short_on_read=2), *graphs, random_tiny.cfg, features="keep", sink=_Collect())
+    with pytest.raises(VideoReadError, match="5 frames on the first read and 4 on the second"):
+        run_video(_CountReads(frames, short_on_read=2), *graphs, random_tiny.cfg, mask_features=mf,
+                  features="recompute", sink=_Collect())
+
+
+def test_infer_cli_renders_the_same_mp4_in_both_modes(tmp_path):
+    from vita_deploy import infer
+    from vita_deploy.render import VideoRenderer
+
+    mp4 = _write_mp4(tmp_path / "clip.mp4", _frames(13))
+    for mode in ("keep", "recompute"):
+        assert infer.main([str(mp4), "--json", str(tmp_path / f"{mode}.json"), "--out", str(tmp_path / f"{mode}.mp4"),
+                           "--device", "cpu", "--features", mode]) == 0
+    assert (tmp_path / "keep.mp4").read_bytes() == (tmp_path / "recompute.mp4").read_bytes()
+    decoded = list(open_video(tmp_path / "recompute.mp4"))
+    assert len(decoded) == 13 and decoded[0].shape == (90, 150, 3)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["clip.mp4", "keep.json", "keep.mp4", "recompute.json", "recompute.mp4"]  # no temporary left
+    # a run that fails half-way leaves neither the mp4 nor its temporary file
+    target = tmp_path / "failed.mp4"
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoRenderer(target, 10.0, progress=False) as renderer:
+            renderer.begin([0.9, 0.1], [0, 1], 90, 150)
+            renderer.write(_frames(1)[0], [coco(np.ones((1, 90, 150), bool))[0]] * 2)
+            raise RuntimeError("boom")
+    assert renderer.shown == [0] and sorted(p.name for p in tmp_path.iterdir()) == names
 
 
 # -- the mask-feature graph as the third ONNX graph --------------------------------------------------------------

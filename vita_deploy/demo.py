@@ -21,8 +21,8 @@ from vita_deploy.evaluation import evaluate_ytvis
 from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
 from vita_deploy.inference import eager_graphs, run_video
 from vita_deploy.files import atomic_write
-from vita_deploy.render import render_video
-from vita_deploy.video_io import read_image
+from vita_deploy.render import VideoRenderer
+from vita_deploy.video_io import VideoSource
 
 
 @cli.command
@@ -57,14 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     image_root = gt_path.parent / "valid" / "JPEGImages"
     for i, video in enumerate(gt["videos"]):
         files = [image_root / name for name in video["file_names"]]
+        source = VideoSource(files[0].parent, video["height"], video["width"], len(files), 6.0, files)
+        mp4 = out / f"video_{video['id']}.mp4"
         start = time.perf_counter()
-        pred = run_video((read_image(f) for f in files), detector, vita, model.cfg, num_frames=len(files))
-        seconds += time.perf_counter() - start
+        with VideoRenderer(mp4, source.fps, model.cfg.class_names, progress=False) as renderer:
+            pred = run_video(source, detector, vita, model.cfg, num_frames=len(files),
+                             sink=renderer if i < args.render else None)
+        seconds += time.perf_counter() - start - pred.timings.get("render", 0.0)
         frames_total += len(files)
         results.extend(pred.to_ytvis(video["id"], category_ids))
         if i < args.render:
-            mp4 = render_video((read_image(f) for f in files), pred, out / f"video_{video['id']}.mp4", fps=6.0,
-                               class_names=model.cfg.class_names, progress=False)
             print(f"      rendered {mp4}")
     results_path = atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results)))
     print(f"      {frames_total} frames in {seconds:.1f} s ({frames_total / seconds:.1f} fps end to end, CPU, "

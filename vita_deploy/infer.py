@@ -6,6 +6,7 @@ Without --checkpoint the shipped `tiny` checkpoint is used (random weights if it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -13,13 +14,14 @@ from pathlib import Path
 
 from vita_deploy.config import canonical_config_name, config_names, get_config
 from vita_deploy import cli
-from vita_deploy.inference import FEATURE_MODES, VideoPrediction, eager_graphs, eager_mask_features, run_video
+from vita_deploy.inference import (FEATURE_MODES, FrameSink, VideoPrediction, eager_graphs, eager_mask_features,
+                                   run_video)
 from vita_deploy.errors import InputError
 from vita_deploy.export.onnx_export import load_manifest
 from vita_deploy.files import atomic_write, ensure_parents, refuse_clobber
 from vita_deploy.loading import load_model
 from vita_deploy.modeling.model import VitaModel
-from vita_deploy.render import render_video
+from vita_deploy.render import VideoRenderer
 from vita_deploy.video_io import open_video
 
 def backend_graphs(backend: str, export: str | None, device: str):
@@ -49,9 +51,10 @@ def backend_mask_features(backend: str, export: str, device: str):
 
 def infer_file(video: str | Path, model: VitaModel | None, device: str = "cpu", amp: bool = False,
                progress: bool = True, backend: str = "torch", export: str | None = None, features: str = "auto",
-               spill_dir: str | None = None, host_budget_mb: float | None = None) -> VideoPrediction:
+               spill_dir: str | None = None, host_budget_mb: float | None = None,
+               sink: FrameSink | None = None) -> VideoPrediction:
     """Whole-video inference on the eager model (backend "torch") or an export (onnxruntime, tensorrt).
-    features: "auto" | "keep" | "recompute" (see `run_video`)."""
+    features: "auto" | "keep" | "recompute"; sink: e.g. a VideoRenderer (see `run_video`)."""
     source = open_video(video)
     if backend == "torch":
         model = model.to(device)
@@ -67,7 +70,7 @@ def infer_file(video: str | Path, model: VitaModel | None, device: str = "cpu", 
     start = time.perf_counter()
     pred = run_video(source, detector, vita, cfg, mask_features=mask_features, features=features, device=device,
                      num_frames=source.num_frames, progress=progress, spill_dir=spill_dir,
-                     host_budget_mb=host_budget_mb)
+                     host_budget_mb=host_budget_mb, sink=sink)
     pred.timings["total_s"] = time.perf_counter() - start
     return pred
 
@@ -82,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=cli.output_file, default="results.json",
                         help="YouTube-VIS result JSON to write")
     parser.add_argument("--out", type=cli.output_file,
-                        help="rendered mp4 to write (masks, classes, scores) at the source frame rate")
-    parser.add_argument("--score-threshold", type=cli.unit_float, default=0.3, help="instances shown in --out")
+                        help="rendered mp4 to write (masks, classes, class probabilities) at the source frame rate; "
+                             "made in the second pass over the video in recompute mode")
+    parser.add_argument("--score-threshold", type=cli.unit_float, default=0.3,
+                        help="instances shown in --out: class probability at least this (README \"Rendering\")")
     parser.add_argument("--video-id", type=int, default=1, help="video_id written in the results")
     parser.add_argument("--device", type=cli.device, default=cli.default_device())
     parser.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA (as the official eval)")
@@ -116,22 +121,30 @@ def main(argv: list[str] | None = None) -> int:
     refuse_clobber({"--json": args.json, "--out": args.out}, inputs)
     ensure_parents(args.json, args.out)
     model = load_model(args.checkpoint, args.config) if args.backend == "torch" else None
-    pred = infer_file(args.video, model, args.device, args.amp, backend=args.backend, export=args.export,
-                      features=args.features, spill_dir=args.spill_dir, host_budget_mb=args.host_budget_mb)
-    results = pred.to_ytvis(args.video_id)
-    atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results)))
     if model is not None:
         names = model.cfg.class_names
     else:
         names = tuple(load_manifest(args.export)["config"].get("class_names") or ())
-    print(f"{pred.num_frames} frames {pred.width}x{pred.height} in {pred.timings['total_s']:.2f} s "
-          f"({pred.num_frames / pred.timings['total_s']:.2f} fps); wrote {len(results)} instances to {args.json}")
-    for score, label in zip(pred.scores, pred.labels):
-        print(f"  {names[label] if names else label:>14s}  {score:.3f}")
-    if args.out:
-        source = open_video(args.video)
-        render_video(source, pred, args.out, source.fps, names, args.score_threshold)
-        print(f"rendered {args.out}")
+    renderer = VideoRenderer(args.out, source.fps, names, args.score_threshold, total=source.num_frames) \
+        if args.out else None
+    with renderer or contextlib.nullcontext():
+        pred = infer_file(args.video, model, args.device, args.amp, backend=args.backend, export=args.export,
+                          features=args.features, spill_dir=args.spill_dir, host_budget_mb=args.host_budget_mb,
+                          sink=renderer)
+    results = pred.to_ytvis(args.video_id)
+    atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results)))
+    render_s = pred.timings.get("render", 0.0)
+    seconds = pred.timings["total_s"] - render_s
+    print(f"{pred.num_frames} frames {pred.width}x{pred.height} in {seconds:.2f} s "
+          f"({pred.num_frames / seconds:.2f} fps, {pred.features_mode} mode); "
+          f"wrote {len(results)} instances to {args.json}")
+    print(f"  {'class':>14s}  score  (class probability x mask score)")
+    for score, cls, label in zip(pred.scores, pred.class_scores, pred.labels):
+        print(f"  {names[label] if names else label:>14s}  {score:.3f}  ({cls:.3f} x {score / cls if cls else 0.0:.3f})")
+    if renderer is not None:
+        when = "during the second pass" if pred.features_mode == "recompute" else "in a second read"
+        print(f"rendered {args.out}: {len(renderer.shown)} instances with class probability >= "
+              f"{args.score_threshold}, {render_s:.2f} s {when}")
     return 0
 
 

@@ -11,9 +11,11 @@ import contextlib
 import ctypes
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,11 +38,22 @@ VitaFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 MaskFeaturesFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+class FrameSink(Protocol):
+    """Takes every frame of the video with its instances' masks, in frame order (`vita_deploy.render.VideoRenderer`
+    draws them into an mp4). `begin` comes right after VITA with what is known then: the top-k class
+    probabilities and labels (the final scores also need the mask score, a sum over every frame)."""
+
+    def begin(self, class_scores: list[float], labels: list[int], height: int, width: int) -> None: ...
+
+    def write(self, frame: np.ndarray, rles: list[dict]) -> None:
+        """frame uint8 (H, W, 3) RGB; rles: this frame's RLE of each of the k instances."""
+
 
 @dataclass
 class VideoPrediction:
-    """Top-k instances of one video: scores (k,), contiguous labels (k,), and per instance one compressed RLE
-    per frame at the original resolution (k lists of T dicts)."""
+    """Top-k instances of one video: scores (k,) = class probability x mask score, contiguous labels (k,), and
+    per instance one compressed RLE per frame at the original resolution (k lists of T dicts); class_scores
+    (k,) the class probabilities alone."""
 
     scores: list[float]
     labels: list[int]
@@ -48,6 +61,7 @@ class VideoPrediction:
     height: int
     width: int
     num_frames: int
+    class_scores: list[float] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     features_mode: str = "keep"  # how the mask features were had: "keep" or "recompute"
     spilled_mb: float = 0.0  # mask features the store wrote to its spill folder (0 unless one was given)
@@ -147,6 +161,8 @@ class _PostProcessor:
                  device: torch.device, depth: int = 2) -> None:
         self.maker, self.embed, self.timer, self.depth = maker, embed, timer, depth
         self.results: list[ChunkResult] = []
+        # called in the caller's thread with each finished chunk, in frame order (the same-pass renderer)
+        self.on_result: Callable[[ChunkResult], None] | None = None
         self._pending: list[Future] = []
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="vita-post") if background else None
         self._stream = torch.cuda.Stream(device) if background and device.type == "cuda" else None
@@ -160,9 +176,14 @@ class _PostProcessor:
             with self.timer("postprocess"):
                 return self.maker(self.embed, features)
 
+    def _collect(self, result: ChunkResult) -> None:
+        self.results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+
     def submit(self, features: torch.Tensor) -> None:
         if self._pool is None:
-            self.results.append(self._run(features, None))
+            self._collect(self._run(features, None))
             return
         ready = None
         if self._stream is not None:
@@ -172,12 +193,12 @@ class _PostProcessor:
             self.embed.record_stream(self._stream)
         self._pending.append(self._pool.submit(torch.inference_mode()(self._run), features, ready))
         while len(self._pending) > self.depth:
-            self.results.append(self._pending.pop(0).result())
+            self._collect(self._pending.pop(0).result())
 
     def finish(self) -> list[ChunkResult]:
         try:
             while self._pending:
-                self.results.append(self._pending.pop(0).result())
+                self._collect(self._pending.pop(0).result())
         finally:
             self.close()
         if self._stream is not None:
@@ -209,6 +230,7 @@ def run_video(
     spill_dir: str | None = None,
     query_budget_mb: float = 256.0,
     overlap: bool = True,
+    sink: FrameSink | None = None,
     progress: bool = False,
 ) -> VideoPrediction:
     """Run VITA on one video.
@@ -227,9 +249,12 @@ def run_video(
         query_budget_mb: frame queries kept at full precision; beyond it they wait in host memory in fp16.
         overlap: decode in a background thread and post-process chunk i while chunk i+1 is computed (same
             results as overlap=False, which runs every stage inline).
+        sink: gets every frame with its masks (e.g. a `VideoRenderer`); recompute mode feeds it in its second
+            pass, keep mode in a second read after the masks are made, so it needs a video that can be read
+            twice in either mode. Frames wait for their masks in a bounded queue (a few chunks).
     Returns:
         VideoPrediction with `timings` in seconds per stage: decode, preprocess, detector, vita, postprocess
-        (and mask_features in recompute mode). With overlap, "decode" is the time spent waiting for the
+        (and mask_features in recompute mode, render with a sink). With overlap, "decode" is the time spent waiting for the
         background reader (its busy time: decode_thread, resize_thread) and post-processing runs in a worker
         thread (in recompute mode concurrently with the mask-feature graph).
     """
@@ -247,6 +272,10 @@ def run_video(
         raise FeaturePolicyError("--features recompute reads the video twice, but this input is a stream that "
                                  "cannot be read again (stdin, a pipe or an iterator): save it to an mp4 or a frame "
                                  "folder first, or use --features keep")
+    if sink is not None and not rereadable:
+        raise FeaturePolicyError("rendering reads the video a second time (the masks exist only after VITA has "
+                                 "seen every frame), but this input is a stream that cannot be read again (stdin, a "
+                                 "pipe or an iterator): save it to an mp4 or a frame folder first, or leave out --out")
     host_budget = host_budget_mb if host_budget_mb is not None else (
         auto_host_budget_mb() if features == "auto" and can_recompute else None)
     mode = features
@@ -288,6 +317,9 @@ def run_video(
             class_logits, mask_embed = vita(queries.all())  # (cQ, K+1), (cQ, C)
         queries.clear()
         scores, labels, query_idx = select_topk(class_logits, inf.topk)
+        class_scores = scores.tolist()
+        if sink is not None:
+            sink.begin(class_scores, labels.tolist(), orig[0], orig[1])
         embed = mask_embed[query_idx].float().contiguous()  # (k, C)
         maker = MaskMaker(tuple(mf.shape[-2:]), padded, size, orig, device)
         post = _PostProcessor(maker, embed, timer, overlap, device)
@@ -298,7 +330,7 @@ def run_video(
                     post.submit(store.get(start, min(start + step, num_frames)))
             else:
                 _recompute(frames, mask_features, cfg, device, feature_dtype, num_frames, post, timer, overlap,
-                           progress)
+                           progress, sink)
             results = post.finish()
         finally:
             post.close()
@@ -311,8 +343,11 @@ def run_video(
         for q, rles in enumerate(r.rles):
             segmentations[q].extend(rles)
     scores = scores * (numerator / (denominator + 1e-6))
+    if sink is not None and mode == "keep":
+        _render_pass(frames, segmentations, orig, num_frames, sink, timer, progress)
     return VideoPrediction(scores.tolist(), labels.tolist(), segmentations, orig[0], orig[1], num_frames,
-                           timer.totals(), features_mode=mode, spilled_mb=disk_mb)
+                           class_scores=class_scores, timings=timer.totals(), features_mode=mode,
+                           spilled_mb=disk_mb)
 
 
 def _add_read_times(timer: StageTimer, reader: FrameChunks) -> None:
@@ -327,20 +362,50 @@ def _add_read_times(timer: StageTimer, reader: FrameChunks) -> None:
         timer.add("preprocess", reader.stats.resize)
 
 
+def _render_pass(frames: Iterable[np.ndarray], segmentations: list[list[dict]], orig: tuple[int, int],
+                 num_frames: int, sink: FrameSink, timer: StageTimer, progress: bool) -> None:
+    """Keep mode's sink: read the video again and hand over each frame with its instances' RLEs (the re-read
+    counts as "render" time)."""
+    start = time.perf_counter()
+    seen = 0
+    for t, frame in enumerate(tqdm(frames, total=num_frames, desc="render", unit="frame", disable=not progress)):
+        if t >= num_frames or getattr(frame, "shape", (0, 0))[:2] != tuple(orig):
+            break
+        sink.write(frame, [segs[t] for segs in segmentations])
+        seen += 1
+    timer.add("render", time.perf_counter() - start)  # host work: wall time, also on CUDA
+    if seen != num_frames:
+        raise VideoReadError(f"the video read differently the second time (frame {seen} of {num_frames} is missing "
+                             "or has another size): rendering needs a source that reads the same twice")
+
+
 def _recompute(frames: Iterable[np.ndarray], mask_features: MaskFeaturesFn, cfg: ModelConfig,
                device: torch.device, feature_dtype: torch.dtype, num_frames: int, post: _PostProcessor,
-               timer: StageTimer, overlap: bool, progress: bool) -> None:
+               timer: StageTimer, overlap: bool, progress: bool, sink: FrameSink | None = None) -> None:
     """Pass 2: decode again, recompute mask features in the detector's chunks, post-process in the same frame
-    ranges as keep mode (so the results are identical)."""
+    ranges as keep mode (so the results are identical); with a sink, each frame goes to it as soon as its
+    chunk's masks are made (the frames wait in `waiting`: at most the reader's, the buffer's and the
+    post-processor's few chunks)."""
     inp, inf = cfg.input, cfg.inference
     step = inf.interpolate_chunk_size
     buffer: list[torch.Tensor] = []
     buffered = 0
     seen = 0
-    reader = FrameChunks(frames, inf.chunk_size, inp, device, background=overlap)
-    bar = tqdm(total=num_frames, desc="mask features", unit="frame", disable=not progress)
+    waiting: deque[np.ndarray] = deque()
+    if sink is not None:
+        def render(result: ChunkResult) -> None:
+            start = time.perf_counter()
+            for j in range(len(result.rles[0])):
+                sink.write(waiting.popleft(), [rles[j] for rles in result.rles])
+            timer.add("render", time.perf_counter() - start)  # host work: wall time, also on CUDA
+        post.on_result = render
+    reader = FrameChunks(frames, inf.chunk_size, inp, device, background=overlap, keep_frames=sink is not None)
+    desc = "mask features + render" if sink is not None else "mask features"
+    bar = tqdm(total=num_frames, desc=desc, unit="frame", disable=not progress)
     with contextlib.closing(reader):
         for chunk in reader:
+            if sink is not None:
+                waiting.extend(chunk.frames)
             with timer("preprocess"):
                 images = normalize_and_pad(chunk.images.to(device, non_blocking=True), inp)
             with timer("mask_features"):

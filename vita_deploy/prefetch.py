@@ -34,12 +34,14 @@ class FrameReadError(VideoReadError):
 
 @dataclass
 class Chunk:
-    """Frames [start, start + n) resized: uint8 (n, 3, h, w); `orig` the source (H, W), `size` the resized (h, w)."""
+    """Frames [start, start + n) resized: uint8 (n, 3, h, w); `orig` the source (H, W), `size` the resized (h, w);
+    `frames` the source frames themselves (uint8 (H, W, 3) RGB) when the reader was asked to keep them."""
 
     start: int
     images: torch.Tensor
     orig: tuple[int, int]
     size: tuple[int, int]
+    frames: list[np.ndarray] | None = None
 
 
 @dataclass
@@ -74,10 +76,11 @@ def is_rereadable(frames: Iterable) -> bool:
 
 
 def _chunks(frames: Iterable[np.ndarray], chunk_size: int, inp: InputConfig, pin: bool,
-            stats: ReadStats) -> Iterator[Chunk]:
+            stats: ReadStats, keep_frames: bool = False) -> Iterator[Chunk]:
     """The work itself (same in the thread and inline): decode, check size, resize, stack."""
     it = iter(frames)
     index, orig, size, batch = 0, None, None, []
+    sources: list[np.ndarray] | None = [] if keep_frames else None
     while True:
         t0 = time.perf_counter()
         try:
@@ -100,10 +103,12 @@ def _chunks(frames: Iterable[np.ndarray], chunk_size: int, inp: InputConfig, pin
             raise FrameReadError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video started at "
                                  f"{orig[1]}x{orig[0]}: all frames of a video must have the same size")
         batch.append(resize_frame(frame, size))
+        if sources is not None:
+            sources.append(frame)
         index += 1
         if len(batch) == chunk_size:
-            chunk = _stack(index - len(batch), batch, orig, size, pin)
-            batch = []
+            chunk = _stack(index - len(batch), batch, orig, size, pin, sources)
+            batch, sources = [], ([] if keep_frames else None)
             stats.resize += time.perf_counter() - t1
             yield chunk
         else:
@@ -111,16 +116,16 @@ def _chunks(frames: Iterable[np.ndarray], chunk_size: int, inp: InputConfig, pin
     stats.frames = index
     if batch:
         t1 = time.perf_counter()
-        chunk = _stack(index - len(batch), batch, orig, size, pin)
+        chunk = _stack(index - len(batch), batch, orig, size, pin, sources)
         stats.resize += time.perf_counter() - t1
         yield chunk
 
 
-def _stack(start: int, batch: list[np.ndarray], orig, size, pin: bool) -> Chunk:
+def _stack(start: int, batch: list[np.ndarray], orig, size, pin: bool, sources: list[np.ndarray] | None) -> Chunk:
     images = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
     if pin:
         images = images.pin_memory()
-    return Chunk(start, images, tuple(orig), tuple(size))
+    return Chunk(start, images, tuple(orig), tuple(size), sources)
 
 
 _DONE = object()
@@ -135,14 +140,16 @@ class FrameChunks:
         inp: the model's input config (shortest-edge resize).
         device: the consumer's device (CUDA: chunks are pinned).
         background: decode in a daemon thread, at most `depth` chunks ahead.
+        keep_frames: also hand over the source frames (`Chunk.frames`), for a renderer in the same pass.
     """
 
     def __init__(self, frames: Iterable[np.ndarray], chunk_size: int, inp: InputConfig,
-                 device: torch.device | str = "cpu", background: bool = True, depth: int = 2) -> None:
+                 device: torch.device | str = "cpu", background: bool = True, depth: int = 2,
+                 keep_frames: bool = False) -> None:
         self.background = background
         self.stats = ReadStats()
         pin = torch.device(device).type == "cuda"
-        self._gen = _chunks(frames, chunk_size, inp, pin, self.stats)
+        self._gen = _chunks(frames, chunk_size, inp, pin, self.stats, keep_frames)
         self._background = background
         if background:
             self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))

@@ -1,19 +1,19 @@
-"""Render predictions onto the video: blended masks with per-instance colours, contours, class names and
-scores, and a legend; written as mp4 at the source frame rate (OpenCV, headless build)."""
+"""Render predictions onto the video: blended masks with per-instance colours, contours, class names and class
+probabilities, and a legend; written as mp4 at the source frame rate (OpenCV, headless build).
+
+`VideoRenderer` is the `FrameSink` that `run_video(..., sink=...)` feeds: in recompute mode during the second
+pass over the video, in keep mode in a second read after the masks are made."""
 from __future__ import annotations
 
 import colorsys
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
-
-from vita_deploy.inference import VideoPrediction
 
 
 def instance_colors(n: int) -> list[tuple[int, int, int]]:
@@ -51,30 +51,80 @@ def _put_label(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[in
     cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
 
 
-def render_video(frames: Iterable[np.ndarray], pred: VideoPrediction, out_path: str | Path, fps: float,
-                 class_names: tuple[str, ...] | list[str] = (), score_threshold: float = 0.3,
-                 progress: bool = True) -> Path:
-    """Write an annotated mp4 of `frames` (RGB uint8) with the instances scoring >= score_threshold."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    keep = [i for i, s in enumerate(pred.scores) if s >= score_threshold]
-    colors = instance_colors(len(keep))
-    labels = [f"{class_names[pred.labels[i]] if class_names else pred.labels[i]} {pred.scores[i]:.2f}" for i in keep]
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".mp4", dir=out_path.parent)
-    os.close(fd)
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (pred.width, pred.height))
-    if not writer.isOpened():
-        os.remove(tmp)
-        raise RuntimeError(f"OpenCV cannot write mp4 to {out_path}")
-    try:
-        bar = tqdm(frames, total=pred.num_frames, desc="render", unit="frame", disable=not progress)
-        for t, frame in enumerate(bar):
-            masks = [mask_utils.decode(pred.segmentations[i][t]).astype(bool) for i in keep]
-            writer.write(cv2.cvtColor(draw_frame(frame, masks, labels, colors), cv2.COLOR_RGB2BGR))
-        writer.release()
-        os.replace(tmp, out_path)
-    finally:
-        writer.release()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out_path
+class VideoRenderer:
+    """A `FrameSink` that draws the instances whose class probability is >= score_threshold onto each frame and
+    writes an mp4 at `fps`, atomically: frames go to a hidden temporary file beside `out_path`, which replaces
+    `out_path` only when `finish` is called after the last frame (an error or `abort` removes it).
+
+    Why class probability, not the final score: the final score also multiplies the mask score, a mean over
+    every frame of the video that is known only after the last frame's masks are made, so a video written while
+    the frames stream past (recompute mode's second pass) cannot wait for it. Keep and recompute mode draw the
+    same instances with the same labels ("person 0.91": class and class probability).
+    """
+
+    def __init__(self, out_path: str | Path, fps: float, class_names: tuple[str, ...] | list[str] = (),
+                 score_threshold: float = 0.3, progress: bool = True, total: int | None = None) -> None:
+        self.out_path = Path(out_path)
+        self.fps, self.class_names, self.score_threshold = fps, tuple(class_names), score_threshold
+        self.progress, self.total = progress, total
+        self.shown: list[int] = []  # indices into the top-k of the instances drawn
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._tmp: str | None = None
+        self._bar: tqdm | None = None
+        self._size: tuple[int, int] = (0, 0)
+
+    def begin(self, class_scores: list[float], labels: list[int], height: int, width: int) -> None:
+        """Choose the instances and open the temporary mp4 (height x width, the source resolution)."""
+        self.shown = [i for i, s in enumerate(class_scores) if s >= self.score_threshold]
+        names = self.class_names
+        self._labels = [f"{names[labels[i]] if names else labels[i]} {class_scores[i]:.2f}" for i in self.shown]
+        self._colors = instance_colors(len(self.shown))
+        self._size = (height, width)
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.out_path.stem}.", suffix=".mp4", dir=self.out_path.parent)
+        os.close(fd)
+        self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
+        if not self._writer.isOpened():
+            self.abort()
+            raise RuntimeError(f"OpenCV cannot write mp4 to {self.out_path}")
+        self._bar = tqdm(total=self.total, desc="render", unit="frame", disable=not self.progress)
+
+    def write(self, frame: np.ndarray, rles: list[dict]) -> None:
+        """frame uint8 (H, W, 3) RGB; rles: this frame's RLE of every top-k instance (only the shown are drawn)."""
+        if self._writer is None:
+            raise RuntimeError("VideoRenderer.write before begin")
+        masks = [mask_utils.decode(rles[i]).astype(bool) for i in self.shown]
+        self._writer.write(cv2.cvtColor(draw_frame(frame, masks, self._labels, self._colors), cv2.COLOR_RGB2BGR))
+        self.frames += 1
+        self._bar.update(1)
+
+    def finish(self) -> Path:
+        """Close the mp4 and move it to out_path."""
+        if self._writer is None:
+            raise RuntimeError("VideoRenderer.finish before begin: no frame was rendered")
+        self._writer.release()
+        self._bar.close()
+        os.replace(self._tmp, self.out_path)
+        self._writer = self._tmp = None
+        return self.out_path
+
+    def abort(self) -> None:
+        """Drop the temporary mp4 (out_path is left as it was)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._bar is not None:
+            self._bar.close()
+        if self._tmp is not None and os.path.exists(self._tmp):
+            os.remove(self._tmp)
+        self._tmp = None
+
+    def __enter__(self) -> "VideoRenderer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._writer is not None:
+            self.finish()
+        else:
+            self.abort()

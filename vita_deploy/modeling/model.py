@@ -61,7 +61,7 @@ class FrameDetector(nn.Module):
     def mask_features(self, images: torch.Tensor) -> torch.Tensor:
         """The mask-feature graph: images (N, 3, H, W) -> VITA's mask_features (N, C, H/4, W/4), equal to
         `forward(images)[1]` without the frame decoder (recompute mode re-runs only this)."""
-        _, clip_mask_features, _ = self.pixel_decoder(self.backbone(images))
+        clip_mask_features, _ = self.pixel_decoder.encode(self.backbone(images))
         return self.vita_mask_features(clip_mask_features)
 
     def forward_train(self, images: torch.Tensor) -> FrameDetectorTrainOutput:
@@ -87,7 +87,7 @@ class MaskFeatureGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, 3, H, W) -> mask_features (N, C, H/4, W/4)."""
-        _, clip_mask_features, _ = self.pixel_decoder(self.backbone(images))
+        clip_mask_features, _ = self.pixel_decoder.encode(self.backbone(images))
         return self.vita_mask_features(clip_mask_features)
 
 

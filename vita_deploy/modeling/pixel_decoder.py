@@ -111,6 +111,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
         c2_xavier_fill(self.layer_1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        clip_mask_features, multi_scale = self.encode(features)
+        return self.mask_features(clip_mask_features), clip_mask_features, multi_scale
+
+    def encode(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Backbone features -> (clip_mask_features, multi_scale_features), without Mask2Former's mask conv
+        (the mask-feature graph needs only the stride-4 map)."""
         levels = [features[name] for name in ("res5", "res4", "res3")]
         srcs = [proj(x) for proj, x in zip(self.input_proj, levels)]
         pos = [sine_position_encoding(x, self.conv_dim // 2) for x in srcs]
@@ -122,7 +128,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         lateral = self.adapter_1(features["res2"])
         fpn = self.layer_1(lateral + F.interpolate(outs[-1], size=lateral.shape[-2:], mode="bilinear",
                                                    align_corners=False))
-        return self.mask_features(fpn), fpn, outs
+        return fpn, outs
 
 
 def build_pixel_decoder(cfg: PixelDecoderConfig, in_channels: dict[str, int]) -> MSDeformAttnPixelDecoder:

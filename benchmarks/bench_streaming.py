@@ -5,10 +5,14 @@
     python benchmarks/bench_streaming.py --config tiny --postprocess-study 36 --out benchmarks/results/cpu_postprocess
     python benchmarks/bench_streaming.py --config r50 --device cuda --precision fp16 --frames 36 3600 \\
         --features keep recompute --resolution 360p 720p --out benchmarks/results/gpu_streaming
+    python benchmarks/bench_streaming.py --config tiny --frames 36 1500 --features keep recompute --render \\
+        --resolution 1080p --out benchmarks/results/cpu_render
 
 Every (resolution, frames, features) run is a fresh child process, so its peak host memory (VmHWM) and GPU
 peak (the allocator's) are its own; it decodes a moving-shapes mp4 (written once per length), twice in recompute
-mode. "disk" is what the feature store spilled (never anything unless --spill-dir is given). Keep runs longer
+mode. With --render every run also writes the annotated mp4 (`VideoRenderer`: during pass 2 in recompute mode,
+in a second read in keep mode); its time is reported apart ("render ms/frame") and excluded from fps. "disk" is
+what the feature store spilled (never anything unless --spill-dir is given). Keep runs longer
 than --max-keep-frames are listed as not run, with the memory they would need. Post-processing study: the
 shipped post-processing (windowed matmuls on the device, `vita_deploy.postprocess`) against the previous one
 (full-frame `F.interpolate` twice, then pycocotools on a host copy) on the same real model outputs.
@@ -70,6 +74,7 @@ def child(spec: dict) -> dict:
     from vita_deploy.inference import run_video
     from vita_deploy.loading import load_model
     from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
+    from vita_deploy.render import VideoRenderer
     from vita_deploy.video_io import open_video
 
     if spec.get("threads"):
@@ -79,7 +84,7 @@ def child(spec: dict) -> dict:
     det, vita, mask_fn = graphs(spec["backend"], spec["precision"], model, device, spec.get("export"),
                                 spec.get("threads"))
     cfg = model.cfg
-    times, preds = [], []
+    times, walls, preds = [], [], []
     with deform_attn_implementation(spec.get("deform_attn") or "auto"):
         if spec.get("warmup_frames"):  # one untimed short run: kernels selected, allocator and caches warm
             head = []
@@ -95,13 +100,18 @@ def child(spec: dict) -> dict:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            pred = run_video(source, det, vita, cfg, mask_features=mask_fn, features=spec["features"], device=device,
-                             num_frames=source.num_frames, spill_dir=spec.get("spill_dir"),
-                             feature_dtype=torch.float16 if spec.get("fp16_features") else torch.float32)
+            renderer = VideoRenderer(Path(spec["clip"]).with_suffix(".rendered.mp4"), source.fps, cfg.class_names,
+                                     progress=False) if spec.get("render") else None
+            with renderer or contextlib.nullcontext():
+                pred = run_video(source, det, vita, cfg, mask_features=mask_fn, features=spec["features"],
+                                 device=device, num_frames=source.num_frames, spill_dir=spec.get("spill_dir"),
+                                 feature_dtype=torch.float16 if spec.get("fp16_features") else torch.float32,
+                                 sink=renderer)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= spec["warmup"]:
-                times.append(time.perf_counter() - start)
+                walls.append(time.perf_counter() - start)
+                times.append(walls[-1] - pred.timings.get("render", 0.0))
                 preds.append(pred)
     pred = preds[-1]
     e2e = statistics.median(times)
@@ -111,6 +121,8 @@ def child(spec: dict) -> dict:
             "recomputed": pred.features_mode == "recompute", "e2e_s": e2e, "e2e_runs_s": times,
             "fps": pred.num_frames / e2e, "ms_per_frame": 1000 * e2e / pred.num_frames,
             "postprocess_ms_per_frame": 1000 * t.get("postprocess", 0.0) / pred.num_frames,
+            "render_ms_per_frame": 1000 * t["render"] / pred.num_frames if "render" in t else None,
+            "wall_ms_per_frame": 1000 * statistics.median(walls) / pred.num_frames,  # rendering included
             "stages_s": t,
             "host_peak_mb": host_peak_mb(),
             "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
@@ -217,14 +229,17 @@ def write_outputs(out: Path, env: dict, runs: list[dict], not_run: list[dict], p
              f"Command: `{env['command']}`\n"]
     if runs:
         lines += ["| config | backend | precision | device | resolution | frames | --features | mode used | fps | "
-                  "ms/frame | post ms/frame | host peak MB | GPU peak MB | disk MB |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "ms/frame | post ms/frame | render ms/frame | with render ms/frame | host peak MB | GPU peak MB | "
+                  "disk MB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in runs:
             gpu = f"{r['gpu_peak_mb']:.0f}" if r["gpu_peak_mb"] is not None else "-"
+            rendered = r.get("render_ms_per_frame") is not None
+            render = f"{r['render_ms_per_frame']:.1f} | {r['wall_ms_per_frame']:.1f}" if rendered else "- | -"
             lines.append(f"| {r['config']} | {r['backend']} | {r['precision']} | {r['device']} | {r['resolution']} | "
                          f"{r['frames']} | {r['features']} | {'recompute' if r['recomputed'] else 'keep'} | "
                          f"{r['fps']:.2f} | {r['ms_per_frame']:.1f} | {r['postprocess_ms_per_frame']:.2f} | "
-                         f"{r['host_peak_mb']:.0f} | {gpu} | {r['disk_mb']:.0f} |")
+                         f"{render} | {r['host_peak_mb']:.0f} | {gpu} | {r['disk_mb']:.0f} |")
         lines += [""] + [f"- {c}" for c in comparisons(runs)]
     for s in not_run:
         lines.append(f"\nNot run: {s['resolution']} {s['frames']} frames --features {s['features']}: {s['reason']}.")
@@ -316,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-recompute-frames", type=int, default=10**9,
                    help="with auto also asked for: explicit recompute runs longer than this are not run")
     p.add_argument("--spill-dir", help="allow keep mode to spill features here (default: never disk)")
+    p.add_argument("--render", action="store_true", help="also render the annotated mp4 (time reported apart)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--repeats-max-frames", type=int, default=10**9, help="longer runs are timed once")
     p.add_argument("--warmup", type=int, default=0, help="untimed full runs before the timed ones")
@@ -360,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                             "clip": str(clip), "repeats": args.repeats if n <= args.repeats_max_frames else 1,
                             "warmup": args.warmup,
                             "warmup_frames": args.warmup_frames,
-                            "threads": args.threads, "spill_dir": args.spill_dir}
+                            "threads": args.threads, "spill_dir": args.spill_dir, "render": args.render}
                     r = run_child(spec)
                     runs.append(r)
                     print(f"{args.config} {args.backend} {args.precision} {res} {n} frames --features {f} "
@@ -368,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['ms_per_frame']:.1f} ms/frame, post {r['postprocess_ms_per_frame']:.2f} ms/frame, host "
                           f"peak {r['host_peak_mb']:.0f} MB" + (f", GPU peak {r['gpu_peak_mb']:.0f} MB"
                                                               if r["gpu_peak_mb"] is not None else "")
-                          + f", disk {r['disk_mb']:.0f} MB", flush=True)
+                          + f", disk {r['disk_mb']:.0f} MB"
+                          + (f", render {r['render_ms_per_frame']:.1f} ms/frame ({r['wall_ms_per_frame']:.1f} ms/frame "
+                             "with it)" if r["render_ms_per_frame"] is not None else ""), flush=True)
                     write_outputs(out, env, runs, not_run, post)  # partial results survive an interruption
                 with contextlib.suppress(OSError):
                     clip.unlink()

@@ -21,21 +21,40 @@ def instance_colors(n: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((0.61803 * i) % 1.0, 0.75, 1.0)) for i in range(n)]
 
 
-def draw_frame(frame: np.ndarray, masks: list[np.ndarray], labels: list[str], colors: list[tuple[int, int, int]],
-               alpha: float = 0.5) -> np.ndarray:
-    """frame uint8 (H, W, 3) RGB, masks bool (H, W) per instance -> annotated copy."""
-    out = frame.astype(np.float32)
-    for mask, color in zip(masks, colors):
-        out[mask] = out[mask] * (1 - alpha) + np.array(color, np.float32) * alpha
-    out = out.astype(np.uint8)
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) of a bool (H, W) mask's True pixels, None when it has none."""
+    rows = np.flatnonzero(mask.any(1))
+    if not len(rows):
+        return None
+    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def draw_frame(frame: np.ndarray, masks: list[np.ndarray | None], labels: list[str],
+               colors: list[tuple[int, int, int]], alpha: float = 0.5) -> np.ndarray:
+    """frame uint8 (H, W, 3) RGB, masks bool (H, W) per instance (None: absent here) -> annotated copy.
+
+    Every step works inside each mask's bounding box, with OpenCV's blend and masked copy (a 1080p frame with 8
+    instances took 190 ms when the whole frame was blended and scanned per instance in numpy)."""
+    out = frame.copy()
     scale = max(0.35, min(out.shape[:2]) / 720)
-    for mask, label, color in zip(masks, labels, colors):
-        if not mask.any():
+    boxes = [_bbox(m) if m is not None else None for m in masks]
+    for mask, box, color in zip(masks, boxes, colors):
+        if box is None:
             continue
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        y0, y1, x0, x1 = box
+        region = out[y0:y1, x0:x1]  # a view: cv2.copyTo writes into the frame
+        inside = np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8)
+        mixed = cv2.addWeighted(region, 1 - alpha, np.full_like(region, color), alpha, 0.0)
+        cv2.copyTo(mixed, inside, region)
+    for mask, box, label, color in zip(masks, boxes, labels, colors):
+        if box is None:
+            continue
+        y0, y1, x0, x1 = box
+        contours, _ = cv2.findContours(np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8),
+                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
         cv2.drawContours(out, contours, -1, color, max(1, int(2 * scale)))
-        ys, xs = np.nonzero(mask)
-        _put_label(out, label, (int(xs.min()), max(int(ys.min()) - 4, 12)), color, scale)
+        _put_label(out, label, (x0, max(y0 - 4, 12)), color, scale)
     # Legend: every shown instance, even when absent in this frame.
     for i, (label, color) in enumerate(zip(labels, colors)):
         y = int(18 * scale / 0.5) * (i + 1)
@@ -94,7 +113,7 @@ class VideoRenderer:
         """frame uint8 (H, W, 3) RGB; rles: this frame's RLE of every top-k instance (only the shown are drawn)."""
         if self._writer is None:
             raise RuntimeError("VideoRenderer.write before begin")
-        masks = [mask_utils.decode(rles[i]).astype(bool) for i in self.shown]
+        masks = [mask_utils.decode(rles[i]).view(bool) if mask_utils.area(rles[i]) else None for i in self.shown]
         self._writer.write(cv2.cvtColor(draw_frame(frame, masks, self._labels, self._colors), cv2.COLOR_RGB2BGR))
         self.frames += 1
         self._bar.update(1)

@@ -240,6 +240,10 @@ def write_outputs(out: Path, env: dict, runs: list[dict], not_run: list[dict], p
                          f"{r['frames']} | {r['features']} | {'recompute' if r['recomputed'] else 'keep'} | "
                          f"{r['fps']:.2f} | {r['ms_per_frame']:.1f} | {r['postprocess_ms_per_frame']:.2f} | "
                          f"{render} | {r['host_peak_mb']:.0f} | {gpu} | {r['disk_mb']:.0f} |")
+        if any(r.get("render_ms_per_frame") is not None for r in runs):
+            lines += ["", "With --render: fps and ms/frame leave the rendering out; \"render ms/frame\" is the time "
+                      "spent drawing and writing (keep mode: including its second read of the video); \"with render "
+                      "ms/frame\" is the wall time of the whole run per frame."]
         lines += [""] + [f"- {c}" for c in comparisons(runs)]
     for s in not_run:
         lines.append(f"\nNot run: {s['resolution']} {s['frames']} frames --features {s['features']}: {s['reason']}.")

@@ -1,9 +1,10 @@
 """Whole-video inference (vita_spec.md section 3), shared by every backend.
 
-frames -> resize/normalise/pad -> frame detector in chunks (memory does not grow with video length in this
-stage; mask features wait in a device/host/disk `FeatureStore`) -> VITA once over all frame queries ->
-top-k (query, class) pairs -> masks in chunks of frames, mask score, upsampling -> one RLE per frame. The two
-graphs are passed in as callables, so the same code runs the eager model, ONNX Runtime sessions or TensorRT engines.
+frames -> resize/normalise/pad -> frame detector in chunks (mask features wait in a `FeatureStore`, or are
+recomputed in a second pass over the video: README "Keep vs recompute") -> VITA once over all frame queries ->
+top-k (query, class) pairs -> masks in chunks of frames, mask score, upsampling -> one RLE per frame (and, with a
+`FrameSink`, each frame with its masks to a renderer). The graphs are passed in as callables, so the same code runs
+the eager model, ONNX Runtime sessions or TensorRT engines.
 """
 from __future__ import annotations
 
@@ -254,9 +255,9 @@ def run_video(
             twice in either mode. Frames wait for their masks in a bounded queue (a few chunks).
     Returns:
         VideoPrediction with `timings` in seconds per stage: decode, preprocess, detector, vita, postprocess
-        (and mask_features in recompute mode, render with a sink). With overlap, "decode" is the time spent waiting for the
-        background reader (its busy time: decode_thread, resize_thread) and post-processing runs in a worker
-        thread (in recompute mode concurrently with the mask-feature graph).
+        (and mask_features in recompute mode; render, wall time, with a sink). With overlap, "decode" is the time
+        spent waiting for the background reader (its busy time: decode_thread, resize_thread) and post-processing
+        runs in a worker thread (in recompute mode concurrently with the mask-feature graph).
     """
     if features not in FEATURE_MODES:
         raise FeaturePolicyError(f"features must be one of {', '.join(FEATURE_MODES)}, not {features!r}")

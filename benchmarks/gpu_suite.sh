@@ -8,8 +8,8 @@
 # eager fp32, fp16 autocast, torch.compile fp16, ONNX Runtime CUDA where onnxruntime-gpu is installed),
 # gpu_tiny.* (the same for tiny), gpu_streaming.* (r50 fp16 keep vs recompute, T = 36/360/3,600, 360p and 720p,
 # host + GPU peak memory, disk), gpu_kernel.* (eager r50 fp16 with the reference vs our Triton deformable
-# attention, where vita_deploy.kernels provides it; plus bench_kernels.py), and gpu_postprocess.* (post-processing
-# per frame, previous vs shipped).
+# attention, where vita_deploy.kernels provides it; plus bench_kernels.py), gpu_postprocess.* (post-processing
+# per frame, previous vs shipped) and gpu_render.* (r50 fp16 at 720p with the annotated mp4, keep vs recompute).
 #
 # A bare GPU machine needs, besides a CUDA build of torch (with triton) and what the image of the `device` tool
 # already holds (numpy, opencv-python-headless, onnx, onnxscript, scipy, matplotlib, tqdm, pillow): the wheels
@@ -31,6 +31,8 @@ if [ "${1:-}" = "--cpu" ]; then  # smoke: the same steps on the CPU at tiny size
         --resolution 240p --repeats 1 --warmup 0 --out "$OUT/gpu_tiny"
     $PY benchmarks/bench_streaming.py --config tiny --device cpu --frames 6 24 --features keep recompute \
         --resolution 240p --out "$OUT/gpu_streaming"
+    $PY benchmarks/bench_streaming.py --config tiny --device cpu --frames 6 --features keep recompute --render \
+        --resolution 240p --out "$OUT/gpu_render"
     $PY benchmarks/bench_streaming.py --config tiny --device cpu --postprocess-study 10 --resolution 240p \
         --out "$OUT/gpu_postprocess"
     echo "smoke run done: $OUT"
@@ -100,4 +102,8 @@ $PY benchmarks/bench_streaming.py --config tiny --device cuda --postprocess-stud
     --repeats 3 --out "$OUT/gpu_postprocess"
 $PY benchmarks/bench_streaming.py --config r50 --device cuda --postprocess-study 36 --resolution 360p 720p \
     --repeats 3 --out "$OUT/gpu_postprocess_r50"
+# 5. rendering the annotated mp4: keep (a second read) vs recompute (during pass 2), 720p, render timed apart.
+stamp "r50 fp16 rendering, keep vs recompute, 720p"
+$PY benchmarks/bench_streaming.py --config r50 --device cuda --precision fp16 --frames 36 360 \
+    --features keep recompute --render --resolution 720p --out "$OUT/gpu_render"
 stamp "done: results in $OUT"

@@ -38,6 +38,23 @@ def test_bench_quick_run_is_consistent(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_streaming_quick_run_with_render(tmp_path):
+    out = tmp_path / "stream"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_streaming.py"), "--config", "tiny",
+                           "--device", "cpu", "--frames", "7", "--features", "keep", "recompute", "--render",
+                           "--resolution", "240p", "--warmup-frames", "0", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert [(r["features"], r["recomputed"]) for r in runs] == [("keep", False), ("recompute", True)]
+    for r in runs:  # the render is timed apart: the wall time per frame holds inference and render
+        assert r["render_ms_per_frame"] > 0 and r["disk_mb"] == 0
+        assert r["wall_ms_per_frame"] >= r["ms_per_frame"] and r["wall_ms_per_frame"] >= r["render_ms_per_frame"]
+    markdown = out.with_suffix(".md").read_text()
+    assert "With --render" in markdown
+    assert f"| {runs[1]['render_ms_per_frame']:.1f} | {runs[1]['wall_ms_per_frame']:.1f} |" in markdown
+
+
 def test_bench_kernels_quick_run(tmp_path):
     out = tmp_path / "kernels"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--device", "cpu",

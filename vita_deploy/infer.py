@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
           f"wrote {len(results)} instances to {args.json}")
     print(f"  {'class':>14s}  score  (class probability x mask score)")
     for score, cls, label in zip(pred.scores, pred.class_scores, pred.labels):
-        print(f"  {names[label] if names else label:>14s}  {score:.3f}  ({cls:.3f} x {score / cls if cls else 0.0:.3f})")
+        mask_score = score / cls if cls else 0.0
+        print(f"  {names[label] if names else label:>14s}  {score:.3f}  ({cls:.3f} x {mask_score:.3f})")
     if renderer is not None:
         when = "during the second pass" if pred.features_mode == "recompute" else "in a second read"
         print(f"rendered {args.out}: {len(renderer.shown)} instances with class probability >= "

@@ -100,8 +100,8 @@ def child(spec: dict) -> dict:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            renderer = VideoRenderer(Path(spec["clip"]).with_suffix(".rendered.mp4"), source.fps, cfg.class_names,
-                                     progress=False) if spec.get("render") else None
+            renderer = VideoRenderer(Path(spec["clip"]).with_suffix(".rendered.mp4"), source.fps,
+                                     cfg.class_names) if spec.get("render") else None
             with renderer or contextlib.nullcontext():
                 pred = run_video(source, det, vita, cfg, mask_features=mask_fn, features=spec["features"],
                                  device=device, num_frames=source.num_frames, spill_dir=spec.get("spill_dir"),

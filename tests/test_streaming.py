@@ -409,7 +409,7 @@ def test_infer_cli_renders_the_same_mp4_in_both_modes(tmp_path):
     # a run that fails half-way leaves neither the mp4 nor its temporary file
     target = tmp_path / "failed.mp4"
     with pytest.raises(RuntimeError, match="boom"):
-        with VideoRenderer(target, 10.0, progress=False) as renderer:
+        with VideoRenderer(target, 10.0) as renderer:
             renderer.begin([0.9, 0.1], [0, 1], 90, 150)
             renderer.write(_frames(1)[0], [coco(np.ones((1, 90, 150), bool))[0]] * 2)
             raise RuntimeError("boom")

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         source = VideoSource(files[0].parent, video["height"], video["width"], len(files), 6.0, files)
         mp4 = out / f"video_{video['id']}.mp4"
         start = time.perf_counter()
-        with VideoRenderer(mp4, source.fps, model.cfg.class_names, progress=False) as renderer:
+        with VideoRenderer(mp4, source.fps, model.cfg.class_names) as renderer:
             pred = run_video(source, detector, vita, model.cfg, num_frames=len(files),
                              sink=renderer if i < args.render else None)
         seconds += time.perf_counter() - start - pred.timings.get("render", 0.0)

@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         names = model.cfg.class_names
     else:
         names = tuple(load_manifest(args.export)["config"].get("class_names") or ())
-    renderer = VideoRenderer(args.out, source.fps, names, args.score_threshold, total=source.num_frames) \
-        if args.out else None
+    renderer = VideoRenderer(args.out, source.fps, names, args.score_threshold) if args.out else None
     with renderer or contextlib.nullcontext():
         pred = infer_file(args.video, model, args.device, args.amp, backend=args.backend, export=args.export,
                           features=args.features, spill_dir=args.spill_dir, host_budget_mb=args.host_budget_mb,

@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 
 def instance_colors(n: int) -> list[tuple[int, int, int]]:
@@ -73,7 +72,8 @@ def _put_label(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[in
 class VideoRenderer:
     """A `FrameSink` that draws the instances whose class probability is >= score_threshold onto each frame and
     writes an mp4 at `fps`, atomically: frames go to a hidden temporary file beside `out_path`, which replaces
-    `out_path` only when `finish` is called after the last frame (an error or `abort` removes it).
+    `out_path` only when `finish` is called after the last frame (an error or `abort` removes it). Progress is
+    shown by run_video's bars (progress=True).
 
     Why class probability, not the final score: the final score also multiplies the mask score, a mean over
     every frame of the video that is known only after the last frame's masks are made, so a video written while
@@ -82,15 +82,13 @@ class VideoRenderer:
     """
 
     def __init__(self, out_path: str | Path, fps: float, class_names: tuple[str, ...] | list[str] = (),
-                 score_threshold: float = 0.3, progress: bool = True, total: int | None = None) -> None:
+                 score_threshold: float = 0.3) -> None:
         self.out_path = Path(out_path)
         self.fps, self.class_names, self.score_threshold = fps, tuple(class_names), score_threshold
-        self.progress, self.total = progress, total
         self.shown: list[int] = []  # indices into the top-k of the instances drawn
         self.frames = 0
         self._writer: cv2.VideoWriter | None = None
         self._tmp: str | None = None
-        self._bar: tqdm | None = None
         self._size: tuple[int, int] = (0, 0)
 
     def begin(self, class_scores: list[float], labels: list[int], height: int, width: int) -> None:
@@ -107,7 +105,6 @@ class VideoRenderer:
         if not self._writer.isOpened():
             self.abort()
             raise RuntimeError(f"OpenCV cannot write mp4 to {self.out_path}")
-        self._bar = tqdm(total=self.total, desc="render", unit="frame", disable=not self.progress)
 
     def write(self, frame: np.ndarray, rles: list[dict]) -> None:
         """frame uint8 (H, W, 3) RGB; rles: this frame's RLE of every top-k instance (only the shown are drawn)."""
@@ -116,14 +113,12 @@ class VideoRenderer:
         masks = [mask_utils.decode(rles[i]).view(bool) if mask_utils.area(rles[i]) else None for i in self.shown]
         self._writer.write(cv2.cvtColor(draw_frame(frame, masks, self._labels, self._colors), cv2.COLOR_RGB2BGR))
         self.frames += 1
-        self._bar.update(1)
 
     def finish(self) -> Path:
         """Close the mp4 and move it to out_path."""
         if self._writer is None:
             raise RuntimeError("VideoRenderer.finish before begin: no frame was rendered")
         self._writer.release()
-        self._bar.close()
         os.replace(self._tmp, self.out_path)
         self._writer = self._tmp = None
         return self.out_path
@@ -133,8 +128,6 @@ class VideoRenderer:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        if self._bar is not None:
-            self._bar.close()
         if self._tmp is not None and os.path.exists(self._tmp):
             os.remove(self._tmp)
         self._tmp = None

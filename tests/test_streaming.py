@@ -416,6 +416,21 @@ def test_infer_cli_renders_the_same_mp4_in_both_modes(tmp_path):
     assert renderer.shown == [0] and sorted(p.name for p in tmp_path.iterdir()) == names
 
 
+def test_draw_frame_keeps_both_labels_of_one_object():
+    from vita_deploy.render import draw_frame
+
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    mask = np.zeros((720, 1280), bool)
+    mask[400:600, 700:900] = True
+    colors = [(255, 0, 0), (0, 0, 255)]
+    out = draw_frame(frame, [mask, mask.copy(), None], ["star 0.99", "star 0.83", "ring 0.5"], colors + [(0, 255, 0)])
+    near = out[300:520, 690:1000]  # around the object's top-left corner, away from the legend
+    for color in colors:  # each label's text keeps pixels of its own colour (the second moved below the first)
+        assert (near == color).all(-1).sum() > 50, color
+    assert (out[450:550, 750:850] != 0).any(-1).all()  # blended inside the mask
+    assert (out[650:, :600] == 0).all()  # nothing outside the masks, labels and legend
+
+
 # -- the mask-feature graph as the third ONNX graph --------------------------------------------------------------
 
 @pytest.fixture(scope="module")

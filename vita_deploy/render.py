@@ -46,6 +46,7 @@ def draw_frame(frame: np.ndarray, masks: list[np.ndarray | None], labels: list[s
         inside = np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8)
         mixed = cv2.addWeighted(region, 1 - alpha, np.full_like(region, color), alpha, 0.0)
         cv2.copyTo(mixed, inside, region)
+    placed: list[tuple[int, int, int, int]] = []  # label boxes drawn so far: a later label moves below them
     for mask, box, label, color in zip(masks, boxes, labels, colors):
         if box is None:
             continue
@@ -53,7 +54,7 @@ def draw_frame(frame: np.ndarray, masks: list[np.ndarray | None], labels: list[s
         contours, _ = cv2.findContours(np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8),
                                        cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
         cv2.drawContours(out, contours, -1, color, max(1, int(2 * scale)))
-        _put_label(out, label, (x0, max(y0 - 4, 12)), color, scale)
+        _put_label(out, label, (x0, max(y0 - 4, 12)), color, scale, placed)
     # Legend: every shown instance, even when absent in this frame.
     for i, (label, color) in enumerate(zip(labels, colors)):
         y = int(18 * scale / 0.5) * (i + 1)
@@ -61,10 +62,21 @@ def draw_frame(frame: np.ndarray, masks: list[np.ndarray | None], labels: list[s
     return out
 
 
-def _put_label(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[int, int, int], scale: float) -> None:
+def _put_label(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[int, int, int], scale: float,
+               avoid: list[tuple[int, int, int, int]] | None = None) -> None:
+    """Text on a black box with its baseline at org; with `avoid` (boxes (x0, y0, x1, y1) already drawn), moved
+    down until it overlaps none of them, then added to them (two instances on one object keep both labels)."""
     thickness = max(1, int(scale * 2))
     (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     x, y = org
+    for _ in range(len(avoid or ()) + 1):
+        rect = (x - 2, y - h - 3, x + w + 2, y + base)
+        hit = [r for r in avoid or () if rect[0] < r[2] and r[0] < rect[2] and rect[1] < r[3] and r[1] < rect[3]]
+        if not hit:
+            break
+        y = max(r[3] for r in hit) + h + 4
+    if avoid is not None:
+        avoid.append((x - 2, y - h - 3, x + w + 2, y + base))
     cv2.rectangle(img, (x - 2, y - h - 3), (x + w + 2, y + base), (0, 0, 0), -1)
     cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
 

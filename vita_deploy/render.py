@@ -101,7 +101,6 @@ class VideoRenderer:
         self.frames = 0
         self._writer: cv2.VideoWriter | None = None
         self._tmp: str | None = None
-        self._size: tuple[int, int] = (0, 0)
 
     def begin(self, class_scores: list[float], labels: list[int], height: int, width: int) -> None:
         """Choose the instances and open the temporary mp4 (height x width, the source resolution)."""
@@ -109,7 +108,6 @@ class VideoRenderer:
         names = self.class_names
         self._labels = [f"{names[labels[i]] if names else labels[i]} {class_scores[i]:.2f}" for i in self.shown]
         self._colors = instance_colors(len(self.shown))
-        self._size = (height, width)
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.out_path.stem}.", suffix=".mp4", dir=self.out_path.parent)
         os.close(fd)

@@ -13,7 +13,6 @@ figures. Random seeded weights; one 16:9 720p frame at the config's test size. W
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,9 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from vita_deploy import cli  # noqa: E402
-from vita_deploy.benchmark import environment  # noqa: E402
+from vita_deploy.benchmark import environment, write_rows  # noqa: E402
 from vita_deploy.config import canonical_config_name, config_names, get_config  # noqa: E402
-from vita_deploy.files import atomic_write  # noqa: E402
 from vita_deploy.modeling.model import build_model  # noqa: E402
 from vita_deploy.preprocess import padded_size, shortest_edge_size  # noqa: E402
 
@@ -83,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     env = environment(None if argv is None else ["benchmarks/zoo_eager_check.py", *argv])
     rows = [measure(name, a.repeats) for name in a.configs]
-    out = Path(a.out)
-    atomic_write(out.with_suffix(".json"), lambda t: Path(t).write_text(
-        json.dumps({"environment": env, "rows": rows}, indent=2)))
-    atomic_write(out.with_suffix(".md"), lambda t: Path(t).write_text(markdown(rows, env)))
+    write_rows(Path(a.out), env, rows, markdown(rows, env))
     print(markdown(rows, env))
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from vita_deploy import cli  # noqa: E402
+from vita_deploy.benchmark import environment, write_rows  # noqa: E402
 from vita_deploy.config import canonical_config_name, config_names, get_config  # noqa: E402
 from vita_deploy.export import ExportOptions, export_model, load_manifest  # noqa: E402
-from vita_deploy.files import atomic_write  # noqa: E402
 from vita_deploy.modeling.checkpoint import load_checkpoint, to_official_key  # noqa: E402
 from vita_deploy.modeling.model import build_model  # noqa: E402
 from vita_deploy.preprocess import padded_size, shortest_edge_size  # noqa: E402
@@ -108,7 +107,8 @@ def measure(name: str, precisions: list[str], work: Path, threads: int, repeats:
 
 
 def markdown(rows: list[dict], env: dict) -> str:
-    lines = [f"Machine: {env['machine']}; torch {env['torch']}; command: `{env['command']}`", "",
+    lines = [f"Machine: {env['processor']}, {env['cpu_count']} cores ({env['torch_threads']} torch threads), "
+             f"{env['platform']}; torch {env['torch']}; {env['date']}; command: `{env['command']}`", "",
              "| config | params (M) | backbone (M) | import | eager frame | precision | export | ONNX MiB (det / vita) "
              "| ORT rel err (worst) | RTX build s (det / vita) | engine MiB (det / vita) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -139,21 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-build", action="store_true", help="skip the TensorRT-RTX builds")
     p.add_argument("--out", type=cli.output_file, required=True, help="writes OUT.json and OUT.md")
     a = p.parse_args(argv)
-    env = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
-                      f"available, {platform.platform()}", "torch": torch.__version__,
-           "command": " ".join(["python", *(sys.argv if argv is None else ["benchmarks/zoo_measure.py", *argv])])}
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
-    if cpu:
-        env["machine"] = f"{cpu}, {env['machine']}"
+    env = environment(None if argv is None else ["benchmarks/zoo_measure.py", *argv])
     rows = []
     with tempfile.TemporaryDirectory(prefix="vita_zoo_") as tmp:
         for name in a.configs:
             rows.append(measure(name, a.precisions, Path(tmp), a.threads, a.repeats, not a.no_build))
-            out = Path(a.out)
-            atomic_write(out.with_suffix(".json"), lambda t: Path(t).write_text(
-                json.dumps({"environment": env, "rows": rows}, indent=2)))
-            atomic_write(out.with_suffix(".md"), lambda t: Path(t).write_text(markdown(rows, env)))
+            write_rows(Path(a.out), env, rows, markdown(rows, env))  # partial results survive an interruption
     print(markdown(rows, env))
     return 0
 

@@ -210,6 +210,12 @@ def write_json(results: list[RunResult], path: Path, env: dict, extra: dict | No
                                        indent=2))
 
 
+def write_rows(out: Path, env: dict, rows: list[dict], markdown: str) -> None:
+    """OUT.json ({"environment", "rows"}) and OUT.md, atomically: for benchmarks whose rows are plain dicts."""
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"environment": env, "rows": rows}, indent=2))
+    atomic_write_text(out.with_suffix(".md"), markdown)
+
+
 def _save_plot(fig, ax, path: Path) -> None:
     import matplotlib.pyplot as plt
 

@@ -1,40 +1,12 @@
 """`ms_deform_attn` (grid_sample) against an independent slow reference that loops over levels and points."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
+from references import deform_attn_loop as slow_reference
 from vita_deploy.modeling.ms_deform_attn import (MSDeformAttn, deform_attn_implementation, ms_deform_attn,
                                                 ms_deform_attn_gather, ms_deform_attn_plugin)
-
-
-def slow_reference(value, shapes, locations, weights):
-    """Bilinear sampling by hand: pixel centres at (i + 0.5), zeros outside the map. float64 loops."""
-    n, _, m, d = value.shape
-    _, lq, _, num_levels, num_points, _ = locations.shape
-    out = torch.zeros(n, lq, m, d, dtype=torch.float64)
-    starts = [0]
-    for h, w in shapes[:-1]:
-        starts.append(starts[-1] + h * w)
-    for b in range(n):
-        for q in range(lq):
-            for head in range(m):
-                for lvl, (h, w) in enumerate(shapes):
-                    for p in range(num_points):
-                        x = locations[b, q, head, lvl, p, 0].item() * w - 0.5
-                        y = locations[b, q, head, lvl, p, 1].item() * h - 0.5
-                        x0, y0 = math.floor(x), math.floor(y)
-                        acc = torch.zeros(d, dtype=torch.float64)
-                        for yy, xx, wt in ((y0, x0, (1 - (y - y0)) * (1 - (x - x0))),
-                                           (y0, x0 + 1, (1 - (y - y0)) * (x - x0)),
-                                           (y0 + 1, x0, (y - y0) * (1 - (x - x0))),
-                                           (y0 + 1, x0 + 1, (y - y0) * (x - x0))):
-                            if 0 <= yy < h and 0 <= xx < w:
-                                acc += wt * value[b, starts[lvl] + yy * w + xx, head].double()
-                        out[b, q, head] += weights[b, q, head, lvl, p].item() * acc
-    return out
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from vita_deploy import rle
@@ -20,7 +19,6 @@ from vita_deploy.feature_store import FeatureBudgetError
 from vita_deploy.inference import FeaturePolicyError, eager_graphs, eager_mask_features, encode_masks, run_video
 from vita_deploy.loading import load_model
 from vita_deploy.modeling.model import build_model
-from vita_deploy.postprocess import MaskMaker
 from vita_deploy.prefetch import FrameReadError, is_rereadable
 from vita_deploy.video_io import VideoReadError, open_video
 
@@ -107,42 +105,6 @@ def test_real_model_masks_rle_equals_pycocotools(trained):
     assert masks.any(), "the trained model should find something in the clip"
     assert rle.encode(torch.from_numpy(masks), method="torch") == coco(masks)
     assert [r for segs in pred.segmentations for r in segs] == coco(masks)
-
-
-def _reference_chunk(embed, features, padded, size, orig):
-    """The direct computation (einsum, two F.interpolate): what MaskMaker's windowed matmuls replace."""
-    logits = torch.einsum("qc,tchw->qthw", embed, features)
-    logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[:, :, :size[0], :size[1]]
-    soft = logits.sigmoid()
-    hard = soft > 0.5
-    masks = F.interpolate(logits, size=orig, mode="bilinear", align_corners=False) > 0
-    return (soft * hard).flatten(1).sum(1), hard.flatten(1).sum(1), masks
-
-
-@pytest.mark.parametrize("orig", [(90, 150), (360, 640), (37, 301)])
-def test_mask_maker_equals_interpolation(orig):
-    g = torch.Generator().manual_seed(3)
-    h4, w4 = 12, 20
-    padded, size = (48, 80), (45, 77)
-    features = torch.randn(4, 8, h4, w4, generator=g)
-    embed = torch.randn(6, 8, generator=g)
-    embed[1] = -embed[1].abs() * 0  # an instance with no positive logit anywhere
-    features[:, :, :, 0] += 3.0  # positives touching the frame border
-    embed[2] = 0
-    embed[2, 0] = 1.0
-    features[:, 0] = -5
-    features[1, 0, 3:5, 7:9] = 4.0  # instance 2: one small blob in frame 1 only
-    result = MaskMaker((h4, w4), padded, size, orig)(embed, features)
-    num, den, masks = _reference_chunk(embed, features, padded, size, orig)
-    torch.testing.assert_close(result.numerator, num, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(result.denominator, den.float(), rtol=0, atol=2)
-    for q in range(6):
-        ours = np.stack([mask_utils.decode(r) for r in result.rles[q]]).astype(bool)
-        ref = masks[q].numpy()
-        assert ours.shape == ref.shape
-        assert (ours != ref).sum() <= max(2, ref.sum() // 10_000)  # only float-rounding ties at logit 0 differ
-    assert all(mask_utils.area(r) == 0 for r in result.rles[1])
-    assert [mask_utils.area(r) > 0 for r in result.rles[2]] == [False, True, False, False]
 
 
 def _write_mp4(path: Path, frames) -> Path:

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from test_ms_deform_attn import slow_reference
+from references import deform_attn_loop as slow_reference
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[gpu]' or '.[dev]')")
 

@@ -71,14 +71,24 @@ class MaskMaker:
             o = resize_matrix(size_hw[axis], orig_hw[axis]) @ s  # (H, h4)
             mats += [s, o]
         self.support = [_support(m) for m in mats]  # s_h, o_h, s_w, o_w: input index -> output rows
+        # Input indices that reach some output row: a stride-4 row of the padding below the resized frame (or one
+        # that a downsampling resize skips) reaches none, and its logits, positive or not, contribute nothing.
+        self.reaches = [torch.tensor([hi > lo for lo, hi in sup]) for sup in self.support]
         self.taps = [_support(m.T) for m in mats]  # output row -> input indices with a nonzero weight
         self.s_h, self.o_h, self.s_w, self.o_w = (m.float().to(self.device) for m in mats)
         self.empty_rle = rle.encode(torch.zeros(1, *orig_hw, dtype=torch.bool), method="pycocotools")[0]
 
-    def _window(self, which: int, lo: int, hi: int) -> tuple[slice, slice]:
-        """Output rows reached by input indices lo..hi (inclusive) through matrix `which`, and the input
-        indices those rows read (the window's own taps, negative logits included)."""
-        out_lo, out_hi = self.support[which][lo][0], self.support[which][hi][1]
+    def _window(self, which: int, positive: torch.Tensor) -> tuple[slice, slice] | None:
+        """The output rows that the positive input indices (bool (n_in,)) reach through matrix `which`, and the
+        input indices those rows read (the window's own taps, negative logits included); None when no positive
+        index reaches an output row (then every output of that axis is <= 0).
+
+        Supports move monotonically with the index, so the rows reached by the first and the last positive index
+        that reach any row bound every row reached."""
+        idx = (positive & self.reaches[which]).nonzero().flatten()
+        if not len(idx):
+            return None
+        out_lo, out_hi = self.support[which][int(idx[0])][0], self.support[which][int(idx[-1])][1]
         return slice(out_lo, out_hi), slice(self.taps[which][out_lo][0], self.taps[which][out_hi - 1][1])
 
     def __call__(self, embed: torch.Tensor, features: torch.Tensor) -> ChunkResult:
@@ -93,20 +103,21 @@ class MaskMaker:
         denominator = torch.zeros(k, device=self.device)
         rles: list[list[dict]] = [[self.empty_rle] * t for _ in range(k)]
         for q in range(k):
-            r_idx, c_idx = rows[q].nonzero().flatten(), cols[q].nonzero().flatten()
-            if not len(r_idx):
-                continue
-            a, b, c, d = int(r_idx[0]), int(r_idx[-1]), int(c_idx[0]), int(c_idx[-1])
             lq = logits[q]  # (t, h4, w4)
             # mask score at the resized frame: mean sigmoid inside the hard mask
-            (rows_out, rows_in), (cols_out, cols_in) = self._window(0, a, b), self._window(2, c, d)
-            soft = torch.matmul(torch.matmul(self.s_h[rows_out, rows_in], lq[:, rows_in, cols_in]),
-                                self.s_w[cols_out, cols_in].T).sigmoid_()
-            hard = soft > 0.5
-            denominator[q] = hard.sum()
-            numerator[q] = soft.mul_(hard).sum()
+            score_rows, score_cols = self._window(0, rows[q]), self._window(2, cols[q])
+            if score_rows is not None and score_cols is not None:
+                (rows_out, rows_in), (cols_out, cols_in) = score_rows, score_cols
+                soft = torch.matmul(torch.matmul(self.s_h[rows_out, rows_in], lq[:, rows_in, cols_in]),
+                                    self.s_w[cols_out, cols_in].T).sigmoid_()
+                hard = soft > 0.5
+                denominator[q] = hard.sum()
+                numerator[q] = soft.mul_(hard).sum()
             # masks at the original frame, column-major (t, W, H) inside the window
-            (rows_out, rows_in), (cols_out, cols_in) = self._window(1, a, b), self._window(3, c, d)
+            mask_rows, mask_cols = self._window(1, rows[q]), self._window(3, cols[q])
+            if mask_rows is None or mask_cols is None:
+                continue
+            (rows_out, rows_in), (cols_out, cols_in) = mask_rows, mask_cols
             window = torch.matmul(torch.matmul(self.o_w[cols_out, cols_in], lq[:, rows_in, cols_in].transpose(1, 2)),
                                   self.o_h[rows_out, rows_in].T) > 0
             frames = window.flatten(1).any(1).nonzero().flatten().tolist()

@@ -28,8 +28,9 @@ from vita_deploy.modeling.model import build_model
 ROOT = Path(tempfile.mkdtemp(prefix="vita_export_swin_"))
 atexit.register(shutil.rmtree, ROOT, ignore_errors=True)
 NARROW_SWIN = SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=7)
-# 64x64: res5 2x2 inside one padded 7x7 window; 96x160: padding in both axes; 224x96: portrait, N=2.
-SIZES = ((1, 64, 64), (2, 96, 160), (2, 224, 96))
+# 64x64: res5 2x2 inside one padded 7x7 window; 96x160: padding in both axes; 224x96: portrait, N=2; 64x224 and
+# 224x64 at N=1: res4 has one window row and two columns (two rows, one column): a one-frame chunk.
+SIZES = ((1, 64, 64), (2, 96, 160), (2, 224, 96), (1, 64, 224), (1, 224, 64))
 
 
 @functools.lru_cache(maxsize=None)

@@ -140,11 +140,15 @@ def test_relative_position_index_and_bias(ws):
         torch.testing.assert_close(bias[hd], attn.relative_position_bias_table[idx, hd], rtol=0, atol=0)
 
 
-def test_window_partition_and_reverse():
-    x = torch.randn(2, 14, 21, 3)
+@pytest.mark.parametrize("shape", [(2, 14, 21, 3), (1, 7, 21, 3), (1, 21, 7, 3), (1, 7, 7, 3), (3, 7, 14, 2)])
+def test_window_partition_and_reverse(shape):
+    """Batch 1 with one window row and several columns (and the reverse): the windows must flatten as
+    attention does (`.view(-1, ws * ws, c)`)."""
+    x = torch.randn(*shape)
     wins = window_partition(x, 7)
     torch.testing.assert_close(wins, torch.stack(slow_windows(x, 7)), rtol=0, atol=0)
-    torch.testing.assert_close(window_reverse(wins, 7, 14, 21), x, rtol=0, atol=0)
+    assert wins.view(-1, 49, shape[-1]).shape[0] == len(slow_windows(x, 7))
+    torch.testing.assert_close(window_reverse(wins, 7, *shape[1:3]), x, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("hp, wp, ws", [(14, 21, 7), (7, 7, 7), (24, 36, 12), (12, 12, 12)])
@@ -168,10 +172,11 @@ def test_block_padding_and_small_maps(shape):
         torch.testing.assert_close(stage.downsample(xm), slow_merge(stage.downsample, xm), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("hw", [(130, 203), (64, 96)])
+@pytest.mark.parametrize("hw", [(130, 203), (64, 96), (64, 224), (224, 64), (32, 160)])
 def test_full_narrow_swin_forward(hw):
     """130x203: odd sizes padded by the patch embedding (33x51 tokens) and at every merge; 64x96: res5 is 2x3,
-    smaller than the 7x7 window."""
+    smaller than the 7x7 window; 64x224, 32x160 (and 224x64): at batch 1, stages with one window row and
+    several window columns (one column, several rows)."""
     torch.manual_seed(0)
     model = SwinTransformer(NARROW).eval()
     for p in model.parameters():  # non-trivial norms and biases
@@ -208,7 +213,7 @@ def test_frame_detector_with_swin_at_two_sizes():
     cfg = replace(get_config("tiny"), name="tiny-swin", backbone=NARROW)
     model = build_model(cfg).eval()
     with torch.no_grad():
-        for h, w in ((64, 96), (96, 64)):
-            fq, mf = model.frame_detector(torch.randn(2, 3, h, w))
-            assert fq.shape == (2, 20, 64) and mf.shape == (2, 64, h // 4, w // 4)
+        for n, h, w in ((2, 64, 96), (2, 96, 64), (1, 64, 224), (1, 224, 64)):  # batch 1: one window row / column
+            fq, mf = model.frame_detector(torch.randn(n, 3, h, w))
+            assert fq.shape == (n, 20, 64) and mf.shape == (n, 64, h // 4, w // 4)
             assert torch.isfinite(fq).all() and torch.isfinite(mf).all()

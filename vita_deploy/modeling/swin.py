@@ -32,14 +32,16 @@ def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
     """(N, H, W, C) with H, W multiples of ws -> (N * H/ws * W/ws, ws, ws, C), windows row-major per image."""
     n, h, w, c = x.shape
     x = x.view(n, h // ws, ws, w // ws, ws, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c)
+    # contiguous: with one image and one window row, reshape would return a strided view of several windows that
+    # the attention's `.view(-1, ws * ws, c)` cannot flatten
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws, ws, c)
 
 
 def window_reverse(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
     """Inverse of `window_partition`: (N * H/ws * W/ws, ws, ws, C) -> (N, H, W, C)."""
     c = windows.shape[-1]
     x = windows.view(-1, h // ws, w // ws, ws, ws, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, h, w, c)
 
 
 def relative_position_index(ws: int) -> torch.Tensor:

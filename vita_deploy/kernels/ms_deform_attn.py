@@ -179,12 +179,11 @@ def kernel_sizes(value_shape, shapes_shape, starts_shape, loc_shape, attn_shape)
 
 def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
                           sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
-                          out: torch.Tensor | None = None, wrap=None) -> torch.Tensor:
+                          out: torch.Tensor | None = None) -> torch.Tensor:
     """Launch the Triton kernel (plugin argument order) -> (N, Lq, M, D) in value's dtype.
 
     Always launches the kernel: on CUDA tensors the autotuned one, on CPU tensors Triton's interpreter (which
-    needs TRITON_INTERPRET=1 set before triton is imported). `out`, when given, is written in place; `wrap`
-    (torch.library.wrap_triton, from the torch op) wraps the kernel so that torch.compile can trace the launch.
+    needs TRITON_INTERPRET=1 set before triton is imported). `out`, when given, is written in place.
     """
     require_triton()
     if value.device.type == "cpu" and not interpreting():
@@ -200,11 +199,10 @@ def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, lev
             level_start_index.to(device=value.device, dtype=torch.int32).contiguous(),
             sampling_locations.contiguous(), attention_weights.contiguous(), sz.n, sz.s, sz.lq, out)
     constants = dict(M=sz.m, D=sz.d, L=sz.levels, P=sz.points, BLOCK_D=block_d(sz.d))
-    wrap = wrap or (lambda kernel: kernel)
     if msda_fwd_autotuned is not None and value.is_cuda:
         grid = lambda meta: launch_grid(sz.n, sz.lq, sz.m, meta["BLOCK_Q"])[:2]  # noqa: E731
-        wrap(msda_fwd_autotuned)[grid](*args, **constants)
+        msda_fwd_autotuned[grid](*args, **constants)
     else:
-        wrap(msda_fwd_kernel)[launch_grid(sz.n, sz.lq, sz.m)[:2]](*args, **constants, BLOCK_Q=DEFAULT_BLOCK_Q,
-                                                                  num_warps=DEFAULT_NUM_WARPS)
+        msda_fwd_kernel[launch_grid(sz.n, sz.lq, sz.m)[:2]](*args, **constants, BLOCK_Q=DEFAULT_BLOCK_Q,
+                                                            num_warps=DEFAULT_NUM_WARPS)
     return out

@@ -164,3 +164,46 @@ def test_run_video_equals_official_inference(tiny_models, weights, case):
             ours = torch.from_numpy(np.stack([mask_utils.decode(r) for r in segs]).astype(bool))
             wrong = (ours != ref.masks[q]) & ~tie[q]
             assert not wrong.any(), f"{label}: instance {q}: {int(wrong.sum())} mask pixels differ"
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_onnxruntime_video_equals_official_inference(tiny_models, case):
+    """The exported graphs of the shipped checkpoint in ONNX Runtime (keep and recompute) == the plain official
+    steps in eager PyTorch, on odd-sized videos whose objects run into the padding."""
+    from test_export import exported_trained
+    from vita_deploy.inference import run_video
+    from vita_deploy.runtime.ort_export import ort_graphs, ort_mask_features
+    from references import official_video
+
+    t, h, w, _, _ = VIDEO_CASES[case]
+    frames = _edge_frames(t, h, w, seed=case)
+    ref = official_video(tiny_models["trained"], frames)
+    export = exported_trained()
+    graphs, mask_features = ort_graphs(export), ort_mask_features(export)
+    tie = ref.logits.abs() <= 1e-3 * ref.logits.abs().amax((-1, -2), keepdim=True).clamp_min(1.0)
+    for features in ("keep", "recompute"):
+        pred = run_video(frames, *graphs, tiny_models["trained"].cfg, mask_features=mask_features, features=features)
+        assert pred.labels == ref.labels.tolist(), features
+        torch.testing.assert_close(torch.tensor(pred.scores, dtype=torch.float64), ref.scores, rtol=1e-3, atol=1e-5)
+        for q, segs in enumerate(pred.segmentations):
+            ours = torch.from_numpy(np.stack([mask_utils.decode(r) for r in segs]).astype(bool))
+            assert not ((ours != ref.masks[q]) & ~tie[q]).any(), f"{features}: instance {q}"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_device_rle_equals_pycocotools_on_random_sizes(seed):
+    """`rle.encode` (torch, on the masks' device) == pycocotools, byte for byte: random sizes from 1x1, random
+    densities from empty to full, column-major input as the mask maker hands it."""
+    from vita_deploy import rle
+
+    rng = np.random.default_rng(seed)
+    n, h, w = int(rng.integers(1, 5)), int(rng.integers(1, 70)), int(rng.integers(1, 70))
+    density = rng.choice([0.0, 0.01, 0.5, 0.99, 1.0], size=n)
+    masks = rng.random((n, h, w)) < density[:, None, None]
+    expected = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for r in expected:
+        r["counts"] = r["counts"].decode("utf-8")
+    t = torch.from_numpy(masks)
+    assert rle.encode(t, method="torch") == expected
+    assert rle.encode(t.transpose(1, 2).contiguous(), column_major=True, method="torch") == expected
+    assert rle.encode(t.transpose(1, 2).contiguous(), column_major=True, method="pycocotools") == expected

@@ -34,7 +34,7 @@ from vita_deploy.benchmark import (RESOLUTIONS, bench_video, environment, make_b
                                    result_from_timings, write_json, write_markdown)
 from vita_deploy.export.onnx_export import load_manifest  # noqa: E402
 from vita_deploy.loading import load_model  # noqa: E402
-from vita_deploy.inference import FEATURE_MODES, eager_graphs, eager_mask_features  # noqa: E402
+from vita_deploy.pipeline.inference import FEATURE_MODES, eager_graphs, eager_mask_features  # noqa: E402
 
 
 EXPORTED_BACKENDS = ("onnxruntime", "tensorrt")

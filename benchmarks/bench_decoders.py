@@ -3,7 +3,7 @@
     python benchmarks/bench_decoders.py --frames 300 --resolution 360p 720p --out benchmarks/results/cpu_decoders
 
 Both decode the same moving-shapes mp4 (mp4v, written by `vita_deploy.benchmark.make_benchmark_video`) into RGB
-uint8 arrays, as `vita_deploy.video_io` hands them to the pipeline; best of --repeats. PyAV is optional (`pip
+uint8 arrays, as `vita_deploy.pipeline.video_io` hands them to the pipeline; best of --repeats. PyAV is optional (`pip
 install av`); without it only OpenCV is measured.
 """
 from __future__ import annotations

@@ -124,7 +124,7 @@ def frame_detector_check(config: str, device: torch.device) -> dict:
     from vita_deploy.config import get_config
     from vita_deploy.modeling.model import build_model
     from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
-    from vita_deploy.preprocess import padded_size
+    from vita_deploy.pipeline.preprocess import padded_size
 
     cfg = get_config(config)
     torch.manual_seed(0)

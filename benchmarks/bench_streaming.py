@@ -14,7 +14,7 @@ mode. With --render every run also writes the annotated mp4 (`VideoRenderer`: du
 in a second read in keep mode); its time is reported apart ("render ms/frame") and excluded from fps. "disk" is
 what the feature store spilled (never anything unless --spill-dir is given). Keep runs longer
 than --max-keep-frames are listed as not run, with the memory they would need. Post-processing study: the
-shipped post-processing (windowed matmuls on the device, `vita_deploy.postprocess`) against the previous one
+shipped post-processing (windowed matmuls on the device, `vita_deploy.pipeline.postprocess`) against the previous one
 (full-frame `F.interpolate` twice, then pycocotools on a host copy) on the same real model outputs.
 
 Writes NAME.json (runs, machine, command), NAME.md (tables and the ratios the README quotes) and NAME_memory.png /
@@ -39,12 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from vita_deploy.benchmark import RESOLUTIONS, environment, host_peak_mb, make_benchmark_video, reset_host_peak  # noqa: E402,I001
 from vita_deploy.config import canonical_config_name, config_names  # noqa: E402
-from vita_deploy.inference import FEATURE_MODES  # noqa: E402
+from vita_deploy.pipeline.inference import FEATURE_MODES  # noqa: E402
 
 
 def graphs(backend: str, precision: str, model, device: torch.device, export: str | None, threads: int | None):
     """(detector, vita, mask_features) callables of a backend."""
-    from vita_deploy.inference import eager_graphs, eager_mask_features
+    from vita_deploy.pipeline.inference import eager_graphs, eager_mask_features
 
     amp = precision == "fp16"
     if backend == "torch":
@@ -71,11 +71,11 @@ def graphs(backend: str, precision: str, model, device: torch.device, export: st
 
 def child(spec: dict) -> dict:
     """One run in this (fresh) process: `spec` names model, backend, clip and features mode."""
-    from vita_deploy.inference import run_video
+    from vita_deploy.pipeline.inference import run_video
     from vita_deploy.loading import load_model
     from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
-    from vita_deploy.render import VideoRenderer
-    from vita_deploy.video_io import open_video
+    from vita_deploy.pipeline.render import VideoRenderer
+    from vita_deploy.pipeline.video_io import open_video
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -141,7 +141,7 @@ def _previous_postprocess(embed, features, padded, size, orig):
     """The post-processing this replaced (commit d0ed73c): two full-frame F.interpolate, a host copy, pycocotools."""
     import torch.nn.functional as F
 
-    from vita_deploy.inference import encode_masks
+    from vita_deploy.pipeline.inference import encode_masks
 
     logits = torch.einsum("qc,tchw->qthw", embed, features)
     logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[:, :, :size[0], :size[1]]
@@ -156,11 +156,11 @@ def postprocess_study(args, tmp: Path) -> dict:
     """Post-processing ms per frame, previous vs shipped, on the real model outputs of one clip."""
     from pycocotools import mask as mask_utils
 
-    from vita_deploy.inference import eager_graphs, select_topk
+    from vita_deploy.pipeline.inference import eager_graphs, select_topk
     from vita_deploy.loading import load_model
-    from vita_deploy.postprocess import MaskMaker
-    from vita_deploy.preprocess import frames_to_tensor, normalize_and_pad, resize_frame, shortest_edge_size
-    from vita_deploy.video_io import open_video
+    from vita_deploy.pipeline.postprocess import MaskMaker
+    from vita_deploy.pipeline.preprocess import frames_to_tensor, normalize_and_pad, resize_frame, shortest_edge_size
+    from vita_deploy.pipeline.video_io import open_video
 
     device = torch.device(args.device)
     model = load_model(args.checkpoint, args.config).to(device)

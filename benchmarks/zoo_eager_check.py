@@ -26,7 +26,7 @@ from vita_deploy import cli  # noqa: E402
 from vita_deploy.benchmark import environment, write_rows  # noqa: E402
 from vita_deploy.config import canonical_config_name, config_names, get_config  # noqa: E402
 from vita_deploy.modeling.model import build_model  # noqa: E402
-from vita_deploy.preprocess import padded_size, shortest_edge_size  # noqa: E402
+from vita_deploy.pipeline.preprocess import padded_size, shortest_edge_size  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -33,7 +33,7 @@ from vita_deploy.config import canonical_config_name, config_names, get_config  
 from vita_deploy.export import ExportOptions, export_model, load_manifest  # noqa: E402
 from vita_deploy.modeling.checkpoint import load_checkpoint, to_official_key  # noqa: E402
 from vita_deploy.modeling.model import build_model  # noqa: E402
-from vita_deploy.preprocess import padded_size, shortest_edge_size  # noqa: E402
+from vita_deploy.pipeline.preprocess import padded_size, shortest_edge_size  # noqa: E402
 from vita_deploy.runtime.ort_export import ort_engine  # noqa: E402
 
 

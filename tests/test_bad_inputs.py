@@ -823,7 +823,7 @@ if pytest is not None:
 
     def test_frame_folders_natural_order_gray_and_16_bit(tmp_path: Path) -> None:
         """1.jpg ... 10.jpg in number order; grayscale and 16-bit PNGs become uint8 RGB (16-bit scaled by 1/257)."""
-        from vita_deploy.video_io import open_video
+        from vita_deploy.pipeline.video_io import open_video
 
         for i in range(1, 11):
             cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((8, 12), i * 257 * 20, np.uint16))

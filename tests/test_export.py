@@ -32,7 +32,7 @@ from vita_deploy.runtime.ort_export import ort_engine, ort_graphs
 from vita_deploy.export.cli import main as cli_main
 from vita_deploy.export.plugin import PLUGIN_OP, with_plugin_function
 from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
-from vita_deploy.inference import eager_graphs, run_video
+from vita_deploy.pipeline.inference import eager_graphs, run_video
 from vita_deploy.modeling.checkpoint import load_checkpoint, save_checkpoint
 from vita_deploy.modeling.model import build_model
 from vita_deploy.modeling.ms_deform_attn import ms_deform_attn

@@ -10,9 +10,9 @@ import torch
 from pycocotools import mask as mask_utils
 
 from vita_deploy.config import get_config
-from vita_deploy.inference import eager_graphs, encode_masks, run_video, select_topk
+from vita_deploy.pipeline.inference import eager_graphs, encode_masks, run_video, select_topk
 from vita_deploy.modeling.model import build_model
-from vita_deploy.preprocess import frames_to_tensor, normalize_and_pad, resize_frame, shortest_edge_size
+from vita_deploy.pipeline.preprocess import frames_to_tensor, normalize_and_pad, resize_frame, shortest_edge_size
 
 
 def test_topk_one_query_may_win_several_classes():
@@ -136,7 +136,7 @@ def test_amp_off_cuda_is_refused_not_run_in_fp32(tmp_path, tiny, capsys):
 
 @pytest.mark.parametrize("host_mb,dtype", [(None, torch.float32), (0.0, torch.float32), (0.05, torch.float16)])
 def test_feature_store_tiers_round_trip(host_mb, dtype, tmp_path):
-    from vita_deploy.feature_store import FeatureStore
+    from vita_deploy.pipeline.feature_store import FeatureStore
     x = torch.randn(150, 4, 5, 6)
     with FeatureStore("cpu", 0, host_mb, tmp_path, dtype) as store:
         for i in range(0, 150, 7):

@@ -9,7 +9,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from references import bilinear_weights, official_chunk
-from vita_deploy.postprocess import MaskMaker, resize_matrix
+from vita_deploy.pipeline.postprocess import MaskMaker, resize_matrix
 
 # Where an instance's positive stride-4 logits lie (the mask maker upsamples only the window they reach).
 PLACEMENTS = ["padding_only", "top", "bottom", "left", "right", "full", "single_cell", "one_frame", "nowhere",
@@ -142,7 +142,7 @@ def test_run_video_equals_official_inference(tiny_models, weights, case):
     import dataclasses
 
     from references import official_video
-    from vita_deploy.inference import eager_graphs, eager_mask_features, run_video
+    from vita_deploy.pipeline.inference import eager_graphs, eager_mask_features, run_video
 
     t, h, w, chunk, mask_chunk = VIDEO_CASES[case]
     model = tiny_models[weights]
@@ -171,7 +171,7 @@ def test_onnxruntime_video_equals_official_inference(tiny_models, case):
     """The exported graphs of the shipped checkpoint in ONNX Runtime (keep and recompute) == the plain official
     steps in eager PyTorch, on odd-sized videos whose objects run into the padding."""
     from test_export import exported_trained
-    from vita_deploy.inference import run_video
+    from vita_deploy.pipeline.inference import run_video
     from vita_deploy.runtime.ort_export import ort_graphs, ort_mask_features
     from references import official_video
 
@@ -194,7 +194,7 @@ def test_onnxruntime_video_equals_official_inference(tiny_models, case):
 def test_device_rle_equals_pycocotools_on_random_sizes(seed):
     """`rle.encode` (torch, on the masks' device) == pycocotools, byte for byte: random sizes from 1x1, random
     densities from empty to full, column-major input as the mask maker hands it."""
-    from vita_deploy import rle
+    from vita_deploy.pipeline import rle
 
     rng = np.random.default_rng(seed)
     n, h, w = int(rng.integers(1, 5)), int(rng.integers(1, 70)), int(rng.integers(1, 70))

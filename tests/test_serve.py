@@ -25,13 +25,13 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from vita_deploy.config import ModelConfig  # noqa: E402
 from vita_deploy.data.synthetic import make_video  # noqa: E402
 from vita_deploy.export.onnx_export import load_manifest  # noqa: E402
-from vita_deploy.inference import run_video  # noqa: E402
+from vita_deploy.pipeline.inference import run_video  # noqa: E402
 from vita_deploy.runtime.ort_export import ort_graphs  # noqa: E402
 from vita_deploy.serve import cli as serve_cli  # noqa: E402
 from vita_deploy.serve.client import connect, infer_video  # noqa: E402
 from vita_deploy.serve.repository import MARKER, RepoOptions, RepositoryError, export_repository  # noqa: E402
 from vita_deploy.serve.server import ServerError, TritonServer, tritonserver_binary  # noqa: E402
-from vita_deploy.video_io import open_video  # noqa: E402
+from vita_deploy.pipeline.video_io import open_video  # noqa: E402
 
 SCORE_ATOL = 1e-5
 

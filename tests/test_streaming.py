@@ -13,14 +13,14 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from vita_deploy import rle
+from vita_deploy.pipeline import rle
 from vita_deploy.config import get_config
-from vita_deploy.feature_store import FeatureBudgetError
-from vita_deploy.inference import FeaturePolicyError, eager_graphs, eager_mask_features, encode_masks, run_video
+from vita_deploy.pipeline.feature_store import FeatureBudgetError
+from vita_deploy.pipeline.inference import FeaturePolicyError, eager_graphs, eager_mask_features, encode_masks, run_video
 from vita_deploy.loading import load_model
 from vita_deploy.modeling.model import build_model
-from vita_deploy.prefetch import FrameReadError, is_rereadable
-from vita_deploy.video_io import VideoReadError, open_video
+from vita_deploy.pipeline.prefetch import FrameReadError, is_rereadable
+from vita_deploy.pipeline.video_io import VideoReadError, open_video
 
 
 def coco(masks: np.ndarray) -> list[dict]:
@@ -357,7 +357,7 @@ def test_sink_needs_a_source_that_reads_twice(random_tiny):
 
 def test_infer_cli_renders_the_same_mp4_in_both_modes(tmp_path):
     from vita_deploy import infer
-    from vita_deploy.render import VideoRenderer
+    from vita_deploy.pipeline.render import VideoRenderer
 
     mp4 = _write_mp4(tmp_path / "clip.mp4", _frames(13))
     for mode in ("keep", "recompute"):
@@ -379,7 +379,7 @@ def test_infer_cli_renders_the_same_mp4_in_both_modes(tmp_path):
 
 
 def test_draw_frame_keeps_both_labels_of_one_object():
-    from vita_deploy.render import draw_frame
+    from vita_deploy.pipeline.render import draw_frame
 
     frame = np.zeros((720, 1280, 3), np.uint8)
     mask = np.zeros((720, 1280), bool)

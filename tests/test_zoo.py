@@ -11,7 +11,7 @@ from official_r50_keys import official_r50_keys
 from official_zoo_keys import SWIN_L, official_keys, swin_backbone_keys
 from vita_deploy.config import (OVIS_CLASSES, YTVIS_2019_CLASSES, YTVIS_2021_CLASSES, ModelConfig, SwinConfig,
                                 config_names, get_config)
-from vita_deploy.inference import eager_graphs, run_video
+from vita_deploy.pipeline.inference import eager_graphs, run_video
 from vita_deploy.modeling.checkpoint import (CheckpointError, import_official_state_dict, load_checkpoint,
                                              matching_zoo_configs, to_official_key)
 from vita_deploy.modeling.model import build_model

@@ -34,7 +34,7 @@ from pathlib import Path
 from vita_deploy import cli
 from vita_deploy.errors import InputError
 from vita_deploy.files import atomic_write_text, prepare_output_dir
-from vita_deploy.video_io import IMAGE_SUFFIXES
+from vita_deploy.pipeline.video_io import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 OBJECT_STORE_BYTES = 256 * 2**20
@@ -111,8 +111,8 @@ class VideoPredictor:
 
     def predict(self, path: str):
         from vita_deploy.infer import infer_file
-        from vita_deploy.inference import run_video
-        from vita_deploy.video_io import open_video
+        from vita_deploy.pipeline.inference import run_video
+        from vita_deploy.pipeline.video_io import open_video
 
         if self.model is not None:  # exactly `python -m vita_deploy.infer VIDEO`
             return infer_file(path, self.model, self.device, progress=False)

@@ -24,8 +24,8 @@ import torch
 
 from vita_deploy.config import ModelConfig
 from vita_deploy.files import atomic_write_text
-from vita_deploy.inference import DetectorFn, VitaFn, run_video
-from vita_deploy.video_io import open_video
+from vita_deploy.pipeline.inference import DetectorFn, VitaFn, run_video
+from vita_deploy.pipeline.video_io import open_video
 
 RESOLUTIONS = {"240p": (240, 426), "360p": (360, 640), "480p": (480, 854), "720p": (720, 1280),
                "1080p": (1080, 1920)}
@@ -263,7 +263,7 @@ def memory_study(config: str, checkpoint: str | None, device: torch.device, tmp:
     import dataclasses
 
     from vita_deploy.loading import load_model
-    from vita_deploy.inference import eager_graphs
+    from vita_deploy.pipeline.inference import eager_graphs
 
     model = load_model(checkpoint, config).to(device)
     detector, vita = eager_graphs(model)

@@ -34,7 +34,7 @@ BUG_HINT = ("this is a bug in vita-deploy, not a problem with your input: please
 _ERROR_TYPES = {
     "vita_deploy.errors": ("InputError",),
     "vita_deploy.modeling.checkpoint": ("CheckpointError",),
-    "vita_deploy.video_io": ("VideoReadError",),
+    "vita_deploy.pipeline.video_io": ("VideoReadError",),
     "vita_deploy.export.onnx_export": ("ExportError",),
     "vita_deploy.engines.errors": ("EngineBuildError",),
     "vita_deploy.runtime.base": ("RuntimeMismatchError",),

@@ -19,10 +19,10 @@ from vita_deploy.errors import OutputClobberError
 from vita_deploy.data.ytvis_json import load_ytvis_json
 from vita_deploy.evaluation import evaluate_ytvis
 from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
-from vita_deploy.inference import eager_graphs, run_video
+from vita_deploy.pipeline.inference import eager_graphs, run_video
 from vita_deploy.files import atomic_write
-from vita_deploy.render import VideoRenderer
-from vita_deploy.video_io import VideoSource
+from vita_deploy.pipeline.render import VideoRenderer
+from vita_deploy.pipeline.video_io import VideoSource
 
 
 @cli.command

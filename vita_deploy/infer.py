@@ -14,15 +14,15 @@ from pathlib import Path
 
 from vita_deploy.config import canonical_config_name, config_names, get_config
 from vita_deploy import cli
-from vita_deploy.inference import (FEATURE_MODES, FrameSink, VideoPrediction, eager_graphs, eager_mask_features,
+from vita_deploy.pipeline.inference import (FEATURE_MODES, FrameSink, VideoPrediction, eager_graphs, eager_mask_features,
                                    run_video)
 from vita_deploy.errors import InputError
 from vita_deploy.export.onnx_export import load_manifest
 from vita_deploy.files import atomic_write, ensure_parents, refuse_clobber
 from vita_deploy.loading import load_model
 from vita_deploy.modeling.model import VitaModel
-from vita_deploy.render import VideoRenderer
-from vita_deploy.video_io import open_video
+from vita_deploy.pipeline.render import VideoRenderer
+from vita_deploy.pipeline.video_io import open_video
 
 def backend_graphs(backend: str, export: str | None, device: str):
     """(DetectorFn, VitaFn, ModelConfig) of an export on ONNX Runtime or TensorRT."""

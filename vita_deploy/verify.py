@@ -26,7 +26,7 @@ from vita_deploy.data.ytvis_json import load_ytvis_json
 from vita_deploy.errors import InputError
 from vita_deploy.evaluation.ytvis_eval import evaluate_ytvis, video_iou
 from vita_deploy.export.onnx_export import ExportError, load_manifest
-from vita_deploy.inference import VideoPrediction, eager_graphs, eager_mask_features, run_video
+from vita_deploy.pipeline.inference import VideoPrediction, eager_graphs, eager_mask_features, run_video
 from vita_deploy.files import atomic_write_text, ensure_parents, file_sha256, refuse_clobber
 from vita_deploy.runtime.base import RuntimeMismatchError
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.backend == "tensorrt" and not a.device.startswith("cuda"):
         p.error("TensorRT engines run on a CUDA GPU only: use --backend onnxruntime on the CPU")
     from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
-    from vita_deploy.video_io import read_image
+    from vita_deploy.pipeline.video_io import read_image
 
     export_files = [f for f in Path(a.export).iterdir() if f.is_file()]
     refuse_clobber({"--report": a.report}, {"--export": export_files, "--checkpoint": a.checkpoint,

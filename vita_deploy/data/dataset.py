@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from vita_deploy.config import TrainRecipeConfig
 from vita_deploy.data.ytvis_json import YTVISFormatError, category_mapping, load_ytvis_json, segmentation_to_rle
-from vita_deploy.video_io import read_image
+from vita_deploy.pipeline.video_io import read_image
 
 
 def sample_frame_indices(rng: np.random.Generator, length: int, num_frames: int, frame_range: int) -> np.ndarray:

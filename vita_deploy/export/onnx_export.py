@@ -39,7 +39,7 @@ from vita_deploy.config import ModelConfig, SwinConfig
 from vita_deploy.files import atomic_write, file_sha256
 from vita_deploy.modeling.model import MaskFeatureGraph, VitaModel
 from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
-from vita_deploy.preprocess import padded_size
+from vita_deploy.pipeline.preprocess import padded_size
 
 EXPORT_FORMAT_VERSION = 1
 EXPORTER_VERSION = "vita-deploy-export 1.0"

@@ -5,7 +5,7 @@
     images (N, 3, H, W) --MaskFeatureGraph--> mask_features (N, C, H/4, W/4)   (recompute mode, no decoder)
 
 Nothing else crosses the boundary. Video masks are `einsum("qc,tchw->qthw", mask_embed, mask_features)`,
-computed in post-processing (`vita_deploy.inference`).
+computed in post-processing (`vita_deploy.pipeline.inference`).
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class VitaModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[FrameDetectorTrainOutput, VitaHeadTrainOutput, torch.Tensor]:
         """Training forward (what the losses need; inference runs the two graphs separately, see
-        `vita_deploy.inference`). images (B, T, 3, H, W) normalised and padded -> per-frame outputs, VITA
+        `vita_deploy.pipeline.inference`). images (B, T, 3, H, W) normalised and padded -> per-frame outputs, VITA
         outputs and the video mask features (B, T, C, H/4, W/4).
         Video mask logits: einsum("...qc,btchw->...qthw", mask_embed, features)."""
         b, t = images.shape[:2]

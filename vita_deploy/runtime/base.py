@@ -1,7 +1,7 @@
 """One small interface for every backend: named tensors in, named tensors out, on a stream.
 
 An `Engine` runs one graph (the frame detector or the VITA head). `graphs_from_engines` turns two engines
-into the callables that `vita_deploy.inference.run_video` takes, so eager PyTorch, ONNX Runtime and TensorRT
+into the callables that `vita_deploy.pipeline.inference.run_video` takes, so eager PyTorch, ONNX Runtime and TensorRT
 share all pre- and post-processing.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vita_deploy.inference import DetectorFn, MaskFeaturesFn, VitaFn
+from vita_deploy.pipeline.inference import DetectorFn, MaskFeaturesFn, VitaFn
 
 DETECTOR_INPUTS, DETECTOR_OUTPUTS = ("images",), ("frame_queries", "mask_features")
 VITA_INPUTS, VITA_OUTPUTS = ("frame_queries",), ("class_logits", "mask_embed")

@@ -14,7 +14,7 @@ import torch
 
 from vita_deploy.export.onnx_export import load_manifest
 from vita_deploy.export.plugin import PLUGINS, plugins_in, with_plugin_function
-from vita_deploy.inference import DetectorFn, MaskFeaturesFn, VitaFn
+from vita_deploy.pipeline.inference import DetectorFn, MaskFeaturesFn, VitaFn
 from vita_deploy.runtime.base import graphs_from_engines, mask_features_from_engine
 from vita_deploy.runtime.ort_engine import OrtEngine
 

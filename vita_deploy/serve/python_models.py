@@ -132,8 +132,8 @@ class VitaVideoModel:
     def _run(self, request) -> tuple[torch.Tensor, torch.Tensor, bytes]:
         import triton_python_backend_utils as pb_utils
 
-        from vita_deploy.inference import run_video
-        from vita_deploy.video_io import open_video
+        from vita_deploy.pipeline.inference import run_video
+        from vita_deploy.pipeline.video_io import open_video
 
         video = pb_utils.get_input_tensor_by_name(request, "video")
         frames = pb_utils.get_input_tensor_by_name(request, "frames")
@@ -164,7 +164,7 @@ class VitaVideoModel:
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
 
-        from vita_deploy.video_io import VideoReadError
+        from vita_deploy.pipeline.video_io import VideoReadError
 
         responses = []
         for request in requests:

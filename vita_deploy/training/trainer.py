@@ -26,12 +26,12 @@ from vita_deploy.data.dataset import ClipAugmentation, YTVISClipDataset, collate
 from vita_deploy.data.ytvis_json import load_ytvis_json
 from vita_deploy.evaluation import evaluate_ytvis
 from vita_deploy.files import atomic_write_text
-from vita_deploy.inference import eager_graphs, run_video
+from vita_deploy.pipeline.inference import eager_graphs, run_video
 from vita_deploy.modeling.checkpoint import CheckpointError, _torch_load, load_state_dict_checked, save_checkpoint
 from vita_deploy.modeling.model import VitaModel, build_model
-from vita_deploy.preprocess import normalize_and_pad, padded_size
+from vita_deploy.pipeline.preprocess import normalize_and_pad, padded_size
 from vita_deploy.training.criterion import build_criterion, distributed_average
-from vita_deploy.video_io import read_image
+from vita_deploy.pipeline.video_io import read_image
 
 
 @dataclass

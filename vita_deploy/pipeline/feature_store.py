@@ -2,7 +2,7 @@
 (pinned when the device is CUDA) up to a budget, then a memory-mapped file on disk, but only in a spill folder
 that was asked for (otherwise exceeding the budgets raises `FeatureBudgetError`). Whole-video inference needs
 the mask features of every frame after VITA has run once over all frame queries, so this store is what grows
-with video length; recompute mode (`vita_deploy.inference`) avoids it. Frame queries wait in a `QueryStore`.
+with video length; recompute mode (`vita_deploy.pipeline.inference`) avoids it. Frame queries wait in a `QueryStore`.
 """
 from __future__ import annotations
 

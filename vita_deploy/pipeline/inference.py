@@ -24,12 +24,12 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from vita_deploy.config import ModelConfig
-from vita_deploy.feature_store import FeatureStore, QueryStore
-from vita_deploy.postprocess import ChunkResult, MaskMaker
-from vita_deploy.prefetch import FrameChunks, is_rereadable
-from vita_deploy.preprocess import normalize_and_pad
-from vita_deploy.timing import StageTimer
-from vita_deploy.video_io import VideoReadError
+from vita_deploy.pipeline.feature_store import FeatureStore, QueryStore
+from vita_deploy.pipeline.postprocess import ChunkResult, MaskMaker
+from vita_deploy.pipeline.prefetch import FrameChunks, is_rereadable
+from vita_deploy.pipeline.preprocess import normalize_and_pad
+from vita_deploy.pipeline.timing import StageTimer
+from vita_deploy.pipeline.video_io import VideoReadError
 
 # images (N, 3, Hp, Wp) -> frame_queries (N, fQ, C), mask_features (N, C, Hp/4, Wp/4)
 DetectorFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -40,7 +40,7 @@ MaskFeaturesFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class FrameSink(Protocol):
-    """Takes every frame of the video with its instances' masks, in frame order (`vita_deploy.render.VideoRenderer`
+    """Takes every frame of the video with its instances' masks, in frame order (`vita_deploy.pipeline.render.VideoRenderer`
     draws them into an mp4). `begin` comes right after VITA with what is known then: the top-k class
     probabilities and labels (the final scores also need the mask score, a sum over every frame)."""
 
@@ -237,7 +237,7 @@ def run_video(
     """Run VITA on one video.
 
     Args:
-        frames: uint8 (H, W, 3) RGB frames, all the same size, streamed (e.g. `vita_deploy.video_io.open_video`).
+        frames: uint8 (H, W, 3) RGB frames, all the same size, streamed (e.g. `vita_deploy.pipeline.video_io.open_video`).
         detector, vita: the two graphs (see DetectorFn / VitaFn), taking and returning tensors on `device`.
         mask_features: the mask-feature graph (MaskFeaturesFn), needed by recompute mode.
         features: where the mask features come from after VITA has run (README "Keep vs recompute"):

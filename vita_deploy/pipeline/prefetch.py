@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from vita_deploy.config import InputConfig
-from vita_deploy.preprocess import resize_frame, shortest_edge_size
-from vita_deploy.video_io import VideoReadError
+from vita_deploy.pipeline.preprocess import resize_frame, shortest_edge_size
+from vita_deploy.pipeline.video_io import VideoReadError
 
 
 class FrameReadError(VideoReadError):

@@ -9,7 +9,7 @@ composes them once per video (rows of `F.interpolate`'s own weights) and applies
     score logits (k, t, h, w)  = S_h @ L @ S_w^T            (S = crop o upsample-to-padded)
     mask logits^T (k, t, W, H) = O_w @ L^T @ O_h^T          (O = upsample-to-original o S)
 
-The transposed product is the column-major layout COCO's RLE scans, so the masks go to `vita_deploy.rle`
+The transposed product is the column-major layout COCO's RLE scans, so the masks go to `vita_deploy.pipeline.rle`
 without a transpose. Chunks are cut so that no temporary exceeds `max_chunk_mb` (1080p stays bounded).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vita_deploy import rle
+from vita_deploy.pipeline import rle
 
 
 def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:

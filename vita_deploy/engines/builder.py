@@ -20,7 +20,7 @@ from vita_deploy.engines.backend import Backend, load_backend
 from vita_deploy.engines.errors import (BuildInputError, EngineBuildError, OnnxParseError, ParserMessage,
                                         PluginMissingError)
 from vita_deploy.engines.shapes import ShapeRange, resolve_profile
-from vita_deploy.engines.vita_plugin import register as register_vita_plugin, supports_aot_plugins
+from vita_deploy.engines.vita_plugin import register as register_vita_plugin, supports_aot_plugins, uses_vita_plugin
 from vita_deploy.export.plugin import PLUGIN_OPS, VITA_PLUGIN
 from vita_deploy.files import atomic_write, file_sha256
 
@@ -253,8 +253,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
     log.info("building %s with %s", onnx_path, backend.describe())
     builder, logger = backend.create_builder(options.verbose)
     plugins = backend.load_plugin_libraries(list(options.plugins))
-    if supports_aot_plugins(backend.trt)[0]:  # our Triton plugin (`--deform-attn vita-plugin` graphs)
-        plugins.append(register_vita_plugin())
+    if uses_vita_plugin(onnx_path) and supports_aot_plugins(backend.trt)[0]:  # `--deform-attn vita-plugin` graphs
+        plugins.append(register_vita_plugin())  # elsewhere the parser's missing-plugin error names the fix
     network, _parser, network_flags = parse_network(backend, builder, logger, onnx_path, options.fp16)
     io = network_io(network)
     for t in io:

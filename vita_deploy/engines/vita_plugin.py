@@ -9,14 +9,15 @@ vita-plugin`): op_type `ms_deform_attn`, domain / plugin_namespace `vita_deploy`
 Everything TensorRT-free is a plain function of ints (or of anything with + - * //, which TensorRT's shape
 expressions are), so CI tests it without TensorRT: output shape, supported dtypes, grid, block, extra arguments.
 `register()` is the thin TensorRT part, written to NVIDIA's documented API
-(https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/pluginGuide.html).
+(https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/pluginGuide.html) and tested through
+NVIDIA's own plugin layer (tests/test_tensorrt_plugin_layer.py). That layer inspects the annotations of the
+functions it registers as classes, so this module must not use `from __future__ import annotations`.
 """
-from __future__ import annotations
-
-import functools
 import logging
+from pathlib import Path
 from types import ModuleType
 
+from vita_deploy.engines.errors import EngineBuildError
 from vita_deploy.export.plugin import VITA_PLUGIN
 
 log = logging.getLogger("vita_deploy.engines")
@@ -89,10 +90,59 @@ def _dtype_name(trt, dtype) -> str:
     return names[dtype]
 
 
-@functools.cache
+class PluginRegistrationError(EngineBuildError):
+    """Our plugin could not be registered with TensorRT's plugin registry; the message names the cause and the fix."""
+
+
+# The outcome of the one registration attempt of this process: TensorRT's registry cannot take a plugin id twice,
+# so a failed attempt is remembered and reported again as it was, never retried.
+_registered: str | None = None
+_failure: PluginRegistrationError | None = None
+
+
+def uses_vita_plugin(onnx_path: str | Path) -> bool:
+    """Whether the ONNX graph has a node of our plugin (op_type `ms_deform_attn` in domain `vita_deploy`): only such
+    graphs need it registered (the weights, in external data, are not read)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(n.op_type == VITA_PLUGIN.op_type and n.domain == VITA_PLUGIN.domain for n in graph.node)
+
+
 def register() -> str:
-    """Register the plugin with TensorRT's plugin registry (idempotent); returns its id. Needs datacenter TensorRT
-    >= 10.9, triton and a CUDA GPU at build time (the PTX is for the building GPU's compute capability)."""
+    """Register the plugin with TensorRT's plugin registry once per process; returns its id. Needs datacenter
+    TensorRT >= 10.9, triton and a CUDA GPU at build time (the PTX is for the building GPU's compute capability).
+
+    A failure raises PluginRegistrationError with the cause, and the same error again on every later call."""
+    global _registered, _failure
+    if _registered is not None:
+        return _registered
+    if _failure is not None:
+        raise _failure
+    try:
+        _define_plugin()
+    except Exception as e:  # NVIDIA's validation raises ValueError/TypeError; the import, ImportError
+        _failure = PluginRegistrationError(
+            f"our TensorRT plugin {PLUGIN_ID} (`--deform-attn vita-plugin` graphs) could not be registered with "
+            f"TensorRT {_tensorrt_version()}'s tensorrt.plugin: {type(e).__name__}: {str(e).rstrip('.')}. Build a `--deform-attn "
+            "native` or `--deform-attn plugin` export instead, or report this with the TensorRT version")
+        _failure.__cause__ = e
+        raise _failure from e
+    _registered = PLUGIN_ID
+    return _registered
+
+
+def _tensorrt_version() -> str:
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except Exception:  # the registration failure itself is what gets reported
+        return "?"
+
+
+def _define_plugin() -> None:
+    """The `tensorrt.plugin` definitions: I/O description, type combinations, ahead-of-time implementation."""
     import tensorrt as trt
     import tensorrt.plugin as trtp
 
@@ -105,13 +155,16 @@ def register() -> str:
                                     dtype=value.dtype)
 
     @trtp.autotune(PLUGIN_ID)
-    def _autotune(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, outputs):
+    def _autotune(value: trtp.TensorDesc, spatial_shapes: trtp.TensorDesc, level_start_index: trtp.TensorDesc,
+                  sampling_locations: trtp.TensorDesc, attention_weights: trtp.TensorDesc,
+                  outputs: tuple[trtp.TensorDesc]) -> list[trtp.AutoTuneCombination]:
         return [trtp.AutoTuneCombination(TYPE_COMBINATIONS)]
 
     @trtp.aot_impl(PLUGIN_ID)
     def _aot(value: trtp.TensorDesc, spatial_shapes: trtp.TensorDesc, level_start_index: trtp.TensorDesc,
              sampling_locations: trtp.TensorDesc, attention_weights: trtp.TensorDesc,
-             outputs: tuple[trtp.TensorDesc], tactic: int):
+             outputs: tuple[trtp.TensorDesc], tactic: int
+             ) -> tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
         import torch
 
         major, minor = torch.cuda.get_device_capability()
@@ -130,5 +183,3 @@ def register() -> str:
         # TensorRT passes inputs, the int extras and outputs only: drop the scratch pointers Triton appends.
         ptx = without_hidden_params(compiled.ptx, triton_hidden_params())
         return compiled.name.encode(), ptx.encode(), params, extras
-
-    return PLUGIN_ID

@@ -5,6 +5,9 @@ builder drives it (create the AOT plugin, output types and shapes, format combin
 launch parameters evaluated for concrete sizes and checked against the kernel's PTX parameter list. What only a GPU
 with datacenter TensorRT can show (the engine build and run) is `test_plugin_registers_with_tensorrt` in
 test_vita_plugin.py and the GPU suite."""
+import math
+import re
+
 import pytest
 import torch
 
@@ -94,6 +97,9 @@ def test_plugin_registers_and_builds_its_kernel_through_nvidias_plugin_layer(val
     # The PTX TensorRT will launch: its entry, and one parameter per input, per int extra, per output, in order.
     header = P.read_ptx(ptx.decode())
     assert header.entry == name.decode() and header.target == "sm_90a"
+    # the block TensorRT launches is the one the kernel was compiled for (`.reqntid`), with no shared memory
+    threads = re.search(r"\.reqntid\s+([\d,\s]+)", ptx.decode()).group(1).split(",")
+    assert math.prod(int(t) for t in threads) == DEFAULT_NUM_WARPS * 32 and ".shared" not in ptx.decode()
     assert header.params == (".u64",) * 5 + (".u32",) * extras.nbSymExprs + (".u64",)
     assert header.params == P.expected_params(0)
 

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from vita_deploy.config import ModelConfig
 from vita_deploy.errors import InputError
-from vita_deploy.inference import DetectorFn, VitaFn, release_free_heap, select_topk
+from vita_deploy.inference import DetectorFn, VitaFn, eager_graphs, release_free_heap, select_topk
 from vita_deploy.postprocess import MaskMaker
 from vita_deploy.prefetch import FrameChunks
 from vita_deploy.preprocess import normalize_and_pad
@@ -84,14 +84,14 @@ class WindowConfig:
         return self.window - self.overlap
 
 
-def eager_track_graphs(model: torch.nn.Module) -> tuple[DetectorFn, TrackVitaFn]:
-    """The eager model's detector and VITA head with clip-query embeddings (`VitaHead.forward_with_clip_embed`)."""
-    def detector(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fq, mf = model.frame_detector(images)
-        return fq.float(), mf.float()
+def eager_track_graphs(model: torch.nn.Module, amp: bool = False) -> tuple[DetectorFn, TrackVitaFn]:
+    """The eager model's detector and VITA head with clip-query embeddings (`VitaHead.forward_with_clip_embed`);
+    amp: fp16 autocast, CUDA only (as `eager_graphs`)."""
+    detector, _ = eager_graphs(model, amp=amp)
 
     def vita(frame_queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, embed, cq = model.vita_head.forward_with_clip_embed(frame_queries)
+        with torch.autocast(frame_queries.device.type, dtype=torch.float16, enabled=amp):
+            logits, embed, cq = model.vita_head.forward_with_clip_embed(frame_queries)
         return logits.float(), embed.float(), cq.float()
 
     return detector, vita
@@ -409,7 +409,7 @@ def run_windowed(
     timer = StageTimer(device)
     tracker = Tracker(wcfg)
     summary = WindowedSummary()
-    reader = FrameReader(frames, policy=drop, capacity=max(2 * inf.chunk_size, 32))
+    reader = FrameReader(frames, policy=drop, capacity=max(2 * inf.chunk_size, 32), stop=stop)
     chunks = FrameChunks(reader, inf.chunk_size, inp, device, background=True, keep_frames=sink is not None)
     buf = _Buffer()
     read_times: deque[float] = deque()  # of frames [emitted, buf.end)
@@ -507,12 +507,10 @@ def run_windowed(
                 # keep what the next window reads, and the last W - 1 frames for a full-length tail window
                 buf.drop_before(min(state["next_start"], buf.end - w + 1))
             release_free_heap()
-            if stop is not None and stop.is_set():
-                summary.interrupted = True
-                break
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        summary.interrupted = summary.interrupted or (stop is not None and stop.is_set())
         reader.stop()
         chunks.close()
         bar.close()

@@ -252,15 +252,18 @@ class FrameReader:
     When the consumer falls behind and the queue is full, policy "wait" blocks the reader (nothing is lost: files
     and pipes, whose writer then waits too) and policy "late" drops the oldest queued frame to make room (a live
     camera or stream keeps up with the present; `dropped` counts them). Iterating yields frames in order;
-    `read_times` holds the perf_counter read time of each yielded frame, in order, for the consumer to pop."""
+    `read_times` holds the perf_counter read time of each yielded frame, in order, for the consumer to pop.
+    Once `stop` is set, iteration ends after the frames already queued (a reader blocked on a silent pipe is
+    left behind: it is a daemon thread)."""
 
-    def __init__(self, frames, policy: str = "wait", capacity: int = 64) -> None:
+    def __init__(self, frames, policy: str = "wait", capacity: int = 64,
+                 stop: threading.Event | None = None) -> None:
         if policy not in ("wait", "late"):
             raise ValueError(f"drop policy must be 'wait' or 'late', not {policy!r}")
         self.policy, self.dropped, self.read = policy, 0, 0
         self.read_times: deque[float] = deque()
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, capacity))
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()  # set by the caller (SIGINT) or `stop`
         self._lock = threading.Lock()
         self._it = iter(frames)
         self._source = frames

@@ -400,8 +400,10 @@ def run_windowed(
 
     Frames are read on their own thread (`FrameReader`: drop "wait" blocks the source when the pipeline is
     behind, "late" drops the oldest waiting frame), resized in another (`FrameChunks`), and the detector runs in
-    the model's chunks. When `stop` is set (SIGINT) reading ends, the frames already through the detector form a
-    last window, every output is flushed and the summary says `interrupted`. The caller calls `writer.finish`.
+    chunks of min(model chunk, W - O) frames. When `stop` is set (SIGINT) reading ends, the frames already read
+    go through, the last of them form a last window, every output is flushed and the summary says `interrupted`.
+    The caller calls `writer.finish`. Output equals `run_video`'s exactly when W >= T and W - O >= the model's
+    chunk (the detector then sees the same batches; smaller batches can differ in the last float bits).
     """
     device = torch.device(device)
     inp, inf = cfg.input, cfg.inference
@@ -410,7 +412,9 @@ def run_windowed(
     tracker = Tracker(wcfg)
     summary = WindowedSummary()
     reader = FrameReader(frames, policy=drop, capacity=max(2 * inf.chunk_size, 32), stop=stop)
-    chunks = FrameChunks(reader, inf.chunk_size, inp, device, background=True, keep_frames=sink is not None)
+    # the detector's batch: the model's chunk, at most one stride, so a window never waits for frames past its end
+    chunks = FrameChunks(reader, min(inf.chunk_size, stride), inp, device, background=True,
+                         keep_frames=sink is not None)
     buf = _Buffer()
     read_times: deque[float] = deque()  # of frames [emitted, buf.end)
     waiting: deque[np.ndarray] = deque()  # source frames [emitted, buf.end) for the sink

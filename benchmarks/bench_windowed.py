@@ -42,7 +42,7 @@ from vita_deploy.evaluation.ytvis_eval import evaluate_ytvis  # noqa: E402
 from vita_deploy.inference import eager_graphs, run_video  # noqa: E402
 from vita_deploy.loading import load_model  # noqa: E402
 from vita_deploy.video_io import open_video  # noqa: E402
-from vita_deploy.windowed import TrackWriter, WindowConfig, eager_track_graphs, run_windowed  # noqa: E402
+from vita_deploy.windowed import Track, TrackWriter, WindowConfig, eager_track_graphs, run_windowed  # noqa: E402
 
 
 def identity_switches(results: list[dict], gt: dict, video_id: int, min_score: float = 0.3) -> int:
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pace-fps", type=float, default=25.0, help="source rate of the latency runs")
     p.add_argument("--latency-videos", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--score-ablation", action="store_true",
+                   help="also run W=36, O=6 with two other track-score rules (plain and mask-area-weighted mean of "
+                        "the windows' scores) in place of `Track.score`")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_windowed"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -152,6 +155,30 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"W={window} O={overlap}: AP {r['AP']:.1f} ({r['AP'] - rows[0]['AP']:+.1f}), {r['idsw']} ID "
                       f"switches, {r['instances']} tracks, {r['fps']:.1f} fps, latency p50 {r['latency_p50_s']:.2f} s "
                       f"p95 {r['latency_p95_s']:.2f} s at {args.pace_fps:g} fps", flush=True)
+        if args.score_ablation:
+            rules = {"plain mean": lambda t: t.score_sum / t.windows,
+                     "area-weighted mean": lambda t: (t.weighted_sum / t.area_sum if t.area_sum > 0
+                                                      else t.score_sum / t.windows)}
+            shipped = Track.score
+            try:
+                for name, rule in rules.items():
+                    Track.score = property(lambda t, rule=rule: t.first_score if t.windows == 1 else rule(t))
+                    results = []
+                    for vid, f in frames.items():
+                        writer = TrackWriter(tmp / "w.json", None, video_id=vid)
+                        s = run_windowed(iter(f), tdetector, tvita, cfg, WindowConfig(36, 6, args.max_gap),
+                                         writer=writer)
+                        writer.finish(s.frames)
+                        results += json.loads((tmp / "w.json").read_text())
+                    m = evaluate_ytvis(gt, results)
+                    rows.append({"mode": f"windowed, score: {name}", "window": 36, "overlap": 6, "AP": m["AP"],
+                                 "AP50": m["AP50"], "AR10": m["AR10"],
+                                 "idsw": sum(identity_switches(results, gt, vid) for vid in frames),
+                                 "instances": len(results), "fps": None, "latency_p50_s": None,
+                                 "latency_p95_s": None})
+                    print(f"score rule {name}: AP {m['AP']:.1f} ({m['AP'] - rows[0]['AP']:+.1f})", flush=True)
+            finally:
+                Track.score = shipped
     env.update({"videos": args.videos, "frames_per_video": args.frames, "objects": objects, "seed": args.seed,
                 "pace_fps": args.pace_fps, "latency_videos": args.latency_videos, "max_gap": args.max_gap})
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,10 +202,11 @@ def markdown(rows: list[dict], env: dict) -> str:
              "| latency p95 s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lat = (f"{r['latency_p50_s']:.2f} | {r['latency_p95_s']:.2f}" if r["latency_p50_s"] is not None
-               else "- (whole video) | -")
+               else "- (whole video) | -" if r["mode"] == "offline" else "- | -")
+        fps = f"{r['fps']:.1f}" if r["fps"] is not None else "-"
         lines.append(f"| {r['mode']} | {r['window'] or '-'} | {r['overlap'] if r['overlap'] is not None else '-'} "
                      f"| {r['AP']:.1f} | {r['AP'] - off['AP']:+.1f} | {r['AP50']:.1f} | {r['AR10']:.1f} | {r['idsw']} "
-                     f"| {r['instances']} | {r['fps']:.1f} | {lat} |")
+                     f"| {r['instances']} | {fps} | {lat} |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,8 +217,9 @@ def plot(rows: list[dict], path: Path, pace_fps: float) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     off = rows[0]
-    for overlap in sorted({r["overlap"] for r in rows[1:]}):
-        rs = sorted((r for r in rows[1:] if r["overlap"] == overlap), key=lambda r: r["window"])
+    shipped = [r for r in rows if r["mode"] == "windowed"]
+    for overlap in sorted({r["overlap"] for r in shipped}):
+        rs = sorted((r for r in shipped if r["overlap"] == overlap), key=lambda r: r["window"])
         ax1.plot([r["window"] for r in rs], [r["AP"] for r in rs], "o-", label=f"windowed, O={overlap}")
         ax2.plot([r["window"] for r in rs], [r["latency_p50_s"] for r in rs], "o-", label=f"p50, O={overlap}")
         ax2.plot([r["window"] for r in rs], [r["latency_p95_s"] for r in rs], "x--", label=f"p95, O={overlap}")

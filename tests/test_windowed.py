@@ -77,8 +77,18 @@ def test_tracker_keeps_identities_under_permutation_and_noise():
     assert ended == [4]
     # a matching embedding with another class does not continue the track
     assert tracker.update(6, [3], [0.9], base[:1], [{}]) == [6]
-    # running score: mean of the window scores
-    assert tracker.active[0].score == pytest.approx((0.9 + 5 * 0.8) / 6)
+
+
+def test_track_score_pools_windows_like_offline():
+    """Highest class probability x mask score over all windows' frames; one window: its own score exactly."""
+    tracker = Tracker(WindowConfig(window=8))
+    e = _unit(torch.ones(1, 4))
+    window_score = 0.7 * 30.0 / (40.0 + 1e-6)
+    tracker.update(0, [1], [window_score], e, [{}], areas=[40.0], probs=[0.7], numerators=[30.0])
+    assert tracker.active[0].score == window_score
+    tracker.update(1, [1], [0.0], e, [{}], areas=[0.0], probs=[0.1], numerators=[0.0])  # absent: empty mask
+    tracker.update(2, [1], [0.9 * 9 / 10], e, [{}], areas=[10.0], probs=[0.9], numerators=[9.0])
+    assert tracker.active[0].score == pytest.approx(0.9 * (30.0 + 9.0) / (50.0 + 1e-6))
 
 
 def test_tracker_uses_overlap_iou_when_embeddings_tie():

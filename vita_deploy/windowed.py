@@ -149,7 +149,7 @@ class Track:
         Why not the plain mean of the windows' scores: VITA keeps returning a track's query in windows where the
         object is absent (not yet entered, left, occluded) with a low class probability and an empty mask, and
         averaging those in ranked objects seen in part of the video below false positives. On the benchmark's
-        12 videos at W=36, O=6 the plain mean lost 7.0 AP to offline, a mask-area-weighted mean 2.1, this 1.2
+        12 videos at W=36, O=6 the plain mean lost 7.0 AP to offline, a mask-area-weighted mean 2.2, this 1.3
         (README "Live video", `benchmarks/bench_windowed.py --score-ablation`)."""
         if self.windows == 1:
             return self.first_score

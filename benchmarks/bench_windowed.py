@@ -39,10 +39,10 @@ from vita_deploy.benchmark import environment, write_rows  # noqa: E402,I001
 from vita_deploy.data.synthetic import generate_split  # noqa: E402
 from vita_deploy.data.ytvis_json import load_ytvis_json, segmentation_to_rle  # noqa: E402
 from vita_deploy.evaluation.ytvis_eval import evaluate_ytvis  # noqa: E402
-from vita_deploy.inference import eager_graphs, run_video  # noqa: E402
+from vita_deploy.pipeline.inference import eager_graphs, run_video  # noqa: E402
 from vita_deploy.loading import load_model  # noqa: E402
-from vita_deploy.video_io import open_video  # noqa: E402
-from vita_deploy.windowed import Track, TrackWriter, WindowConfig, eager_track_graphs, run_windowed  # noqa: E402
+from vita_deploy.pipeline.video_io import open_video  # noqa: E402
+from vita_deploy.pipeline.windowed import Track, TrackWriter, WindowConfig, eager_track_graphs, run_windowed  # noqa: E402
 
 
 def identity_switches(results: list[dict], gt: dict, video_id: int, min_score: float = 0.3) -> int:

@@ -1,5 +1,5 @@
 """Windowed (live) mode: association, windowed == offline for W >= T, live sources, SIGINT, bounded memory,
-refusals (vita_deploy.windowed, vita_deploy.video_io live sources, infer --window)."""
+refusals (vita_deploy.pipeline.windowed, vita_deploy.pipeline.video_io live sources, infer --window)."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,10 +20,10 @@ from pycocotools import mask as mask_utils
 from vita_deploy import infer
 from vita_deploy.config import get_config
 from vita_deploy.data.synthetic import make_video
-from vita_deploy.inference import eager_graphs, encode_masks, run_video
+from vita_deploy.pipeline.inference import eager_graphs, encode_masks, run_video
 from vita_deploy.loading import load_model
-from vita_deploy.video_io import FrameReader, VideoReadError, open_raw_stream, open_source
-from vita_deploy.windowed import (Tracker, TrackWriter, WindowConfig, WindowError, check_export_window,
+from vita_deploy.pipeline.video_io import FrameReader, VideoReadError, open_raw_stream, open_source
+from vita_deploy.pipeline.windowed import (Tracker, TrackWriter, WindowConfig, WindowError, check_export_window,
                                   eager_track_graphs, run_windowed)
 
 ROOT = Path(__file__).resolve().parents[1]

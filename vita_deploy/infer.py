@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# ---- live and endless video: --window (README "Live video"; vita_deploy.windowed) --------------------------------
+# ---- live and endless video: --window (README "Live video"; vita_deploy.pipeline.windowed) --------------------------------
 
 def _video_arg(text: str) -> str:
     """An existing file or folder, or a live source spec ('-', a camera index, a URL)."""
@@ -178,13 +178,13 @@ def add_live_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_live(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """`infer` with --window: windowed VITA over a file, folder, camera, URL or stdin (vita_deploy.windowed)."""
+    """`infer` with --window: windowed VITA over a file, folder, camera, URL or stdin (vita_deploy.pipeline.windowed)."""
     import signal
     import threading
 
-    from vita_deploy.render import TrackRenderer
-    from vita_deploy.video_io import open_source
-    from vita_deploy.windowed import (TrackWriter, WindowConfig, check_export_window, eager_track_graphs,
+    from vita_deploy.pipeline.render import TrackRenderer
+    from vita_deploy.pipeline.video_io import open_source
+    from vita_deploy.pipeline.windowed import (TrackWriter, WindowConfig, check_export_window, eager_track_graphs,
                                       mask_embed_association, run_windowed)
 
     if args.window is None:

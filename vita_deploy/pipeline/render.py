@@ -160,7 +160,7 @@ def track_color(track_id: int) -> tuple[int, int, int]:
 
 
 class TrackRenderer(VideoRenderer):
-    """The windowed mode's sink (`vita_deploy.windowed.TrackSink`): each frame is drawn as soon as its window is
+    """The windowed mode's sink (`vita_deploy.pipeline.windowed.TrackSink`): each frame is drawn as soon as its window is
     done, with the tracks whose class probability in that window is >= score_threshold, each in its track's
     persistent colour and labelled "#id class prob". Written atomically like VideoRenderer (`finish` at the end;
     after SIGINT the frames written so far are kept)."""

@@ -39,12 +39,12 @@ from tqdm import tqdm
 
 from vita_deploy.config import ModelConfig
 from vita_deploy.errors import InputError
-from vita_deploy.inference import DetectorFn, VitaFn, eager_graphs, release_free_heap, select_topk
-from vita_deploy.postprocess import MaskMaker
-from vita_deploy.prefetch import FrameChunks
-from vita_deploy.preprocess import normalize_and_pad
-from vita_deploy.timing import StageTimer
-from vita_deploy.video_io import FrameReader
+from vita_deploy.pipeline.inference import DetectorFn, VitaFn, eager_graphs, release_free_heap, select_topk
+from vita_deploy.pipeline.postprocess import MaskMaker
+from vita_deploy.pipeline.prefetch import FrameChunks
+from vita_deploy.pipeline.preprocess import normalize_and_pad
+from vita_deploy.pipeline.timing import StageTimer
+from vita_deploy.pipeline.video_io import FrameReader
 
 # frame_queries (T, fQ, C) -> class_logits (cQ, K+1), mask_embed (cQ, C), association embedding (cQ, E)
 TrackVitaFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -254,7 +254,7 @@ class WindowOutput:
 
 
 class TrackSink(Protocol):
-    """Takes every frame, in order, with the tracks' masks on it (`vita_deploy.render.TrackRenderer`)."""
+    """Takes every frame, in order, with the tracks' masks on it (`vita_deploy.pipeline.render.TrackRenderer`)."""
 
     def begin_tracks(self, height: int, width: int) -> None: ...
 

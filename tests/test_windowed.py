@@ -268,6 +268,7 @@ def test_memory_flat_over_5000_streamed_frames(tmp_path):
                 rss[mark] = _rss_mb()
 
     writer = TrackWriter(tmp_path / "m.json", None)
+    writer.OFFSETS_IN_MEMORY = 4  # long-lived tracks' indexes go to disk in parts: exercised here
     summary = run_windowed(frames(), detector, vita, cfg, WindowConfig(12, 3, max_gap=1), writer=writer,
                            on_window=on_window)
     writer.finish(summary.frames)
@@ -275,7 +276,29 @@ def test_memory_flat_over_5000_streamed_frames(tmp_path):
     print(f"resident memory after 1,000 frames {rss[1000]:.1f} MB, after 5,000 {rss[5000]:.1f} MB")
     assert rss[5000] - rss[1000] < 8.0, rss
     assert max(live) <= 3
-    assert len(json.loads((tmp_path / "m.json").read_text())) == summary.tracks
+    results = json.loads((tmp_path / "m.json").read_text())
+    assert len(results) == summary.tracks and all(len(r["segmentations"]) == 5000 for r in results)
+    covered = np.zeros(5000, int)  # each window's new frames went to its tracks: every frame has >= 1 mask
+    for r in results:
+        covered += [s is not None for s in r["segmentations"]]
+    assert covered.min() >= 1
+
+
+def test_mp4_read_as_a_stream_with_timings(tiny, clip, tmp_path):
+    """An mp4 in windowed mode from the command line; --timings holds the latency and fps figures."""
+    import cv2
+    h, w = clip.frames.shape[1:3]
+    mp4 = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(mp4), cv2.VideoWriter_fourcc(*"mp4v"), 10, (w, h))
+    for f in clip.frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    out, timings = tmp_path / "r.json", tmp_path / "t.json"
+    assert infer.main([str(mp4), "--window", "18", "--overlap", "6", "--config", "tiny", "--device", "cpu",
+                       "--json", str(out), "--timings", str(timings)]) == 0
+    results, t = json.loads(out.read_text()), json.loads(timings.read_text())
+    assert results and all(len(r["segmentations"]) == 40 for r in results)
+    assert t["frames"] == 40 and t["windows"] == 3 and t["fps"] > 0 and 0 < t["latency_p50"] <= t["latency_max"]
 
 
 # ---- refusals ---------------------------------------------------------------------------------------------------

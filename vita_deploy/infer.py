@@ -1,6 +1,8 @@
 """Run VITA on a video: `python -m vita_deploy.infer VIDEO [--checkpoint PATH] [--json results.json]`.
 
 VIDEO is an mp4 (anything OpenCV decodes) or a folder of frames. Writes YouTube-VIS result JSON.
+With --window W: the windowed (live) mode, also on a camera index, a stream URL or - (raw RGB24 on stdin);
+see README "Live video".
 Without --checkpoint the shipped `tiny` checkpoint is used (random weights if it is absent, with a warning).
 """
 from __future__ import annotations

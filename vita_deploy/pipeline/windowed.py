@@ -263,6 +263,8 @@ class TrackSink(Protocol):
 
 
 class TrackWriter:
+    OFFSETS_IN_MEMORY = 1024
+
     """Writes one JSON line per window as it finishes (flushed) to `jsonl` (or a hidden spool file beside `json`
     when no jsonl is wanted), and at `finish` the YouTube-VIS results: each track one instance over the whole video
     (null on frames without it), read back track by track from the line file (a byte-offset index per track), so
@@ -270,6 +272,8 @@ class TrackWriter:
 
     A window line: {"window", "frames": [start, end), "tracks": [{"id", "label", "category_id", "score" (running),
     "window_score", "class_score", "segmentations": [one RLE per new frame]}]}."""
+
+    OFFSETS_IN_MEMORY = 1024  # window offsets of a live track kept in memory before they go to the index file
 
     def __init__(self, json_path: str | Path | None, jsonl_path: str | Path | None = None, video_id: int = 1,
                  class_names: tuple[str, ...] = (), category_ids: list[int] | None = None) -> None:
@@ -291,7 +295,7 @@ class TrackWriter:
         os.close(fd)
         self._index_path = Path(name)
         self._index = open(self._index_path, "w", encoding="utf-8")
-        self._offsets: dict[int, list[int]] = {}  # live tracks only
+        self._offsets: dict[int, list[int]] = {}  # live tracks only, at most OFFSETS_IN_MEMORY each
         self.windows = self.tracks = 0
 
     def category(self, label: int) -> int:
@@ -311,7 +315,11 @@ class TrackWriter:
         self._lines.write(json.dumps({"window": out.index, "frames": [out.start, out.end], "tracks": entries}) + "\n")
         self._lines.flush()
         for e in entries:
-            self._offsets.setdefault(e["id"], []).append(offset)
+            offsets = self._offsets.setdefault(e["id"], [])
+            offsets.append(offset)
+            if len(offsets) >= self.OFFSETS_IN_MEMORY:  # a track that lives for hours: its index goes to disk too
+                self._index.write(json.dumps({"id": e["id"], "offsets": offsets}) + "\n")
+                offsets.clear()
         self.windows += 1
 
     def track_done(self, track: Track) -> None:
@@ -335,7 +343,15 @@ class TrackWriter:
                 self.lines_path.unlink(missing_ok=True)
 
     def _write_results(self, tmp: str, num_frames: int) -> None:
-        tracks = [json.loads(line) for line in self._index_path.read_text(encoding="utf-8").splitlines()]
+        parts: dict[int, list[int]] = {}
+        tracks = []
+        for line in self._index_path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            parts.setdefault(record["id"], []).extend(record["offsets"])
+            if "label" in record:  # the track's last record (the others carry only offsets)
+                tracks.append(record)
+        for t in tracks:
+            t["offsets"] = parts[t["id"]]
         tracks.sort(key=lambda t: t["id"])
         with open(tmp, "w", encoding="utf-8") as out, open(self.lines_path, "rb") as lines:
             out.write("[")

@@ -330,3 +330,42 @@ def test_window_longer_than_the_export_profile_is_refused():
 def test_open_source_refuses_unknown_camera_and_missing_size():
     with pytest.raises(VideoReadError, match="--stdin-size"):
         open_source("-")
+    with pytest.raises(VideoReadError, match="camera 97"):
+        open_source("97")  # no such camera (an existing file named 97 would be read as a file instead)
+
+
+def test_http_url_is_read_as_a_live_stream(clip, tmp_path):
+    """A URL goes through OpenCV's FFmpeg backend as a LiveSource (no length, read once) and gives the file's
+    frames. The server: Python's http.server on a free loopback port, stopped by its pid. The clip is an MJPEG
+    AVI (an mp4 written by OpenCV keeps its index at the end, which a server without range requests cannot
+    stream)."""
+    import socket
+
+    import cv2
+    h, w = clip.frames.shape[1:3]
+    avi = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    for f in clip.frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+                               str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        source = open_source(f"http://127.0.0.1:{port}/clip.avi")
+        assert source.num_frames is None and iter(source) is source and (source.height, source.width) == (h, w)
+        got = list(FrameReader(source))
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    ref = list(open_source(str(avi)))
+    assert len(got) == len(ref) == 40 and all(np.array_equal(a, b) for a, b in zip(got, ref))

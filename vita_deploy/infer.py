@@ -250,9 +250,6 @@ def run_live(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
     s = summary
     print(f"{s.frames} frames {s.width}x{s.height} in {s.windows} windows (W={wcfg.window}, O={wcfg.overlap}): "
           f"{s.tracks} tracks; sustained {s.fps:.2f} fps; latency per window (read of its oldest new frame -> masks "

@@ -7,9 +7,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -140,7 +141,7 @@ class LiveSource:
     live = True
 
     def __init__(self, name: str, height: int, width: int, fps: float, frames: Iterator[np.ndarray],
-                 close=None) -> None:
+                 close: Callable[[], object] | None = None) -> None:
         self.name, self.height, self.width, self.fps = name, height, width, fps
         self._frames, self._close = frames, close
         self.partial_bytes = 0
@@ -152,6 +153,7 @@ class LiveSource:
         return next(self._frames)
 
     def close(self) -> None:
+        """Release the camera or stream (FrameReader calls it from its reading thread when it stops)."""
         if self._close is not None:
             self._close()
             self._close = None
@@ -166,7 +168,7 @@ def parse_frame_size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _raw_frames(stream, width: int, height: int, source: LiveSource) -> Iterator[np.ndarray]:
+def _raw_frames(stream: BinaryIO, width: int, height: int, source: LiveSource) -> Iterator[np.ndarray]:
     size = width * height * 3
     while True:
         buf = bytearray(size)
@@ -182,7 +184,7 @@ def _raw_frames(stream, width: int, height: int, source: LiveSource) -> Iterator
         yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
 
 
-def open_raw_stream(stream, width: int, height: int, fps: float, name: str = "-") -> LiveSource:
+def open_raw_stream(stream: BinaryIO, width: int, height: int, fps: float, name: str = "-") -> LiveSource:
     """Raw RGB24 frames (width x height x 3 bytes each, no header) read from a binary stream, e.g.
     `ffmpeg -i IN -f rawvideo -pix_fmt rgb24 -` piped into stdin. A trailing partial frame is dropped."""
     if width < 1 or height < 1 or not fps > 0:
@@ -228,7 +230,8 @@ def is_live_spec(spec: str) -> bool:
     return spec == "-" or spec.isdigit() or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", spec) is not None
 
 
-def open_source(spec: str, *, stdin_size: str | None = None, stdin_fps: float | None = None, stdin=None,
+def open_source(spec: str, *, stdin_size: str | None = None, stdin_fps: float | None = None,
+                stdin: BinaryIO | None = None,
                 fps: float = 10.0) -> VideoSource | LiveSource:
     """An mp4 or frame folder (`open_video`), a camera index, a stream URL, or '-' (raw RGB24 on `stdin`,
     default sys.stdin.buffer, with stdin_size 'WxH' and stdin_fps). An existing path wins over a camera index."""
@@ -256,7 +259,7 @@ class FrameReader:
     Once `stop` is set, iteration ends after the frames already queued (a reader blocked on a silent pipe is
     left behind: it is a daemon thread)."""
 
-    def __init__(self, frames, policy: str = "wait", capacity: int = 64,
+    def __init__(self, frames: Iterable[np.ndarray], policy: str = "wait", capacity: int = 64,
                  stop: threading.Event | None = None) -> None:
         if policy not in ("wait", "late"):
             raise ValueError(f"drop policy must be 'wait' or 'late', not {policy!r}")
@@ -303,6 +306,10 @@ class FrameReader:
         except BaseException as e:  # noqa: BLE001 - raised in the consumer
             self._put(e, droppable=False)
             return
+        finally:  # release a camera or stream here, in the thread that reads it (never under a running read)
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                close()
         self._put(self._DONE, droppable=False)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -322,8 +329,6 @@ class FrameReader:
             yield frame
 
     def stop(self) -> None:
-        """Stop reading (the thread ends at its next frame; a blocking read of a pipe ends with the pipe)."""
+        """Stop reading: the thread ends after its current read and releases the source (a read blocked on a
+        silent pipe ends with the pipe; the thread is a daemon)."""
         self._stop.set()
-        close = getattr(self._source, "close", None)
-        if close is not None and not self._thread.is_alive():
-            close()

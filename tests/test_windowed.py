@@ -369,3 +369,35 @@ def test_http_url_is_read_as_a_live_stream(clip, tmp_path):
         server.wait(timeout=30)
     ref = list(open_source(str(avi)))
     assert len(got) == len(ref) == 40 and all(np.array_equal(a, b) for a, b in zip(got, ref))
+
+
+# ---- exported backends ------------------------------------------------------------------------------------------
+
+def test_onnxruntime_windowed_matches_eager_and_refuses_a_window_past_its_profile(tiny, clip, tmp_path, capsys):
+    """The shipped checkpoint's export (shared with tests/test_export.py, T in 1..64) on ONNX Runtime: the same
+    tracks, labels and masks as the eager model associating the same way (on mask embeddings, what an export
+    returns); a window longer than the export's T range is refused naming --max-frames. The export is the one
+    tests/test_export.py, test_bad_inputs.py and test_properties.py share (made once per test run)."""
+    from test_export import exported_trained
+
+    from vita_deploy.pipeline.windowed import mask_embed_association
+    from vita_deploy.runtime.ort_export import ort_graphs
+
+    export = exported_trained()
+    wcfg = WindowConfig(16, 4)
+    runs = {}
+    for name, (detector, vita) in {"eager": eager_graphs(tiny), "ort": ort_graphs(export, device="cpu")}.items():
+        writer = TrackWriter(tmp_path / f"{name}.json", None)
+        summary = run_windowed(iter(list(clip.frames)), detector, mask_embed_association(vita), tiny.cfg, wcfg,
+                               writer=writer)
+        writer.finish(summary.frames)
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    eager, ort = runs["eager"], runs["ort"]
+    assert [r["category_id"] for r in ort] == [r["category_id"] for r in eager]
+    assert np.allclose([r["score"] for r in ort], [r["score"] for r in eager], atol=1e-4)
+    pairs = [(a, b) for r, e in zip(ort, eager) for a, b in zip(r["segmentations"], e["segmentations"])]
+    assert all((a is None) == (b is None) for a, b in pairs)
+    assert sum(a == b for a, b in pairs) >= 0.99 * len(pairs)  # a pixel on a logit's zero may flip
+    assert infer.main([str(tmp_path), "--window", "65", "--backend", "onnxruntime", "--export", str(export),
+                       "--device", "cpu", "--json", str(tmp_path / "x.json")]) == 2
+    assert "--max-frames 65" in capsys.readouterr().err

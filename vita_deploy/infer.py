@@ -203,13 +203,14 @@ def run_live(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.amp and (args.backend != "torch" or not args.device.startswith("cuda")):
         parser.error("--amp is fp16 autocast of the eager model on CUDA (--backend torch --device cuda)")
     wcfg = WindowConfig(args.window, args.overlap, args.max_gap, args.match_threshold)
+    if args.export:  # before the source opens (a camera, a pipe): a bad export fails first
+        check_export_window(load_manifest(args.export, check_graphs=True), args.window, args.export)
     source = open_source(args.video, stdin_size=args.stdin_size, stdin_fps=args.stdin_fps)
     inputs = {"VIDEO": getattr(source, "frame_files", None) or (None if getattr(source, "live", False)
                                                                     else args.video),
               "--checkpoint": args.checkpoint}
     if args.export:
         inputs["--export"] = [p for p in Path(args.export).iterdir() if p.is_file()]
-        check_export_window(load_manifest(args.export, check_graphs=True), args.window, args.export)
     refuse_clobber({"--json": args.json, "--jsonl": args.jsonl, "--out": args.out, "--timings": args.timings},
                    inputs)
     ensure_parents(args.json, args.jsonl, args.out, args.timings)

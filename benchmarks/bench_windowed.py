@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                      "AR10": metrics["AR10"], "idsw": sum(identity_switches(offline, gt, vid) for vid in frames),
                      "instances": len(offline), "fps": total_frames / seconds,
                      "latency_p50_s": None, "latency_p95_s": None})
-        print(f"offline: AP {metrics['AP']:.1f}, {rows[-1]['idsw']} ID switches, {rows[-1]['fps']:.1f} fps", flush=True)
+        print(f"offline: AP {metrics['AP']:.1f}, {rows[-1]['idsw']} ID switches, {rows[-1]['fps']:.1f} fps",
+              flush=True)
 
         tdetector, tvita = eager_track_graphs(model)
         for window in args.windows:
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                              "paced_fps": statistics.median(paced_fps)})
                 r = rows[-1]
                 print(f"W={window} O={overlap}: AP {r['AP']:.1f} ({r['AP'] - rows[0]['AP']:+.1f}), {r['idsw']} ID "
-                      f"switches, {r['instances']} tracks, {r['fps']:.1f} fps, latency p50 {r['latency_p50_s']:.2f} s "
+                      f"switches, {r['instances']} tracks, {r['fps']:.1f} fps, "
+                      f"latency p50 {r['latency_p50_s']:.2f} s "
                       f"p95 {r['latency_p95_s']:.2f} s at {args.pace_fps:g} fps", flush=True)
         if args.score_ablation:
             rules = {"plain mean": lambda t: t.score_sum / t.windows,
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(rows: list[dict], env: dict) -> str:
     off = rows[0]
     lines = [f"# Windowed vs offline VITA (tiny checkpoint, synthetic validation videos)\n",
-             f"{env['videos']} videos x {env['frames_per_video']} frames ({env['objects']} objects), seed {env['seed']}; "
+             f"{env['videos']} videos x {env['frames_per_video']} frames ({env['objects']} objects), "
+             f"seed {env['seed']}; "
              f"max gap {env['max_gap']} windows. Machine: {env['processor']}, {env['cpu_count']} cores, torch "
              f"{env['torch']} ({env['torch_threads']} threads), {env['date']}.  ",
              f"Command: `{env['command']}`\n",
@@ -222,7 +225,8 @@ def markdown(rows: list[dict], env: dict) -> str:
                else "- (whole video) | -" if r["mode"] == "offline" else "- | -")
         fps = f"{r['fps']:.1f}" if r["fps"] is not None else "-"
         lines.append(f"| {r['mode']} | {r['window'] or '-'} | {r['overlap'] if r['overlap'] is not None else '-'} "
-                     f"| {r['AP']:.1f} | {r['AP'] - off['AP']:+.1f} | {r['AP50']:.1f} | {r['AR10']:.1f} | {r['idsw']} "
+                     f"| {r['AP']:.1f} | {r['AP'] - off['AP']:+.1f} | {r['AP50']:.1f} | {r['AR10']:.1f} "
+                     f"| {r['idsw']} "
                      f"| {r['instances']} | {fps} | {lat} |")
     return "\n".join(lines) + "\n"
 

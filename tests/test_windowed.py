@@ -44,7 +44,8 @@ def _windowed_results(frames, model, wcfg, tmp_path, name="w", **kw):
     detector, vita = eager_track_graphs(model)
     writer = TrackWriter(tmp_path / f"{name}.json", tmp_path / f"{name}.jsonl")
     windows = []
-    summary = run_windowed(iter(frames), detector, vita, model.cfg, wcfg, writer=writer, on_window=windows.append, **kw)
+    summary = run_windowed(iter(frames), detector, vita, model.cfg, wcfg, writer=writer, on_window=windows.append,
+                           **kw)
     writer.finish(summary.frames)
     return json.loads((tmp_path / f"{name}.json").read_text()), windows, summary
 
@@ -401,3 +402,19 @@ def test_onnxruntime_windowed_matches_eager_and_refuses_a_window_past_its_profil
     assert infer.main([str(tmp_path), "--window", "65", "--backend", "onnxruntime", "--export", str(export),
                        "--device", "cpu", "--json", str(tmp_path / "x.json")]) == 2
     assert "--max-frames 65" in capsys.readouterr().err
+
+
+def test_bench_windowed_quick_run(tmp_path):
+    """The benchmark end to end on one short video: its table rows, JSON and plot."""
+    out = tmp_path / "bw"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_windowed.py"), "--videos", "1", "--frames",
+                           "24", "--windows", "18", "--overlaps", "0", "6", "--latency-videos", "1",
+                           "--pace-fps", "200", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["mode"], r["window"], r["overlap"]) for r in rows] == [
+        ("offline", None, None), ("windowed", 18, 0), ("windowed", 18, 6)]
+    assert all(0 <= r["AP"] <= 100 and r["fps"] > 0 for r in rows)
+    assert all(r["latency_p50_s"] > 0 for r in rows[1:]) and out.with_suffix(".png").stat().st_size > 0
+    assert "| windowed | 18 | 6 |" in out.with_suffix(".md").read_text()

@@ -80,7 +80,8 @@ def infer_file(video: str | Path, model: VitaModel | None, device: str = "cpu", 
 @cli.command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("video", type=_video_arg, help="mp4 file or folder of frames; with --window also " + LIVE_HELP)
+    parser.add_argument("video", type=_video_arg,
+                        help="mp4 file or folder of frames; with --window also " + LIVE_HELP)
     parser.add_argument("--checkpoint", type=cli.existing_file, help="our .pth or an official VITA model_final.pth")
     parser.add_argument("--config", choices=config_names(), type=canonical_config_name,
                         help="config for official/random weights")
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# ---- live and endless video: --window (README "Live video"; vita_deploy.pipeline.windowed) --------------------------------
+# ---- live and endless video: --window (README "Live video"; vita_deploy/pipeline/windowed.py) -----------------
 
 def _video_arg(text: str) -> str:
     """An existing file or folder, or a live source spec ('-', a camera index, a URL)."""
@@ -180,7 +181,8 @@ def add_live_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_live(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """`infer` with --window: windowed VITA over a file, folder, camera, URL or stdin (vita_deploy.pipeline.windowed)."""
+    """`infer` with --window: windowed VITA over a file, folder, camera, URL or stdin
+    (vita_deploy.pipeline.windowed)."""
     import signal
     import threading
 

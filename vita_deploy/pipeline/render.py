@@ -160,10 +160,10 @@ def track_color(track_id: int) -> tuple[int, int, int]:
 
 
 class TrackRenderer(VideoRenderer):
-    """The windowed mode's sink (`vita_deploy.pipeline.windowed.TrackSink`): each frame is drawn as soon as its window is
-    done, with the tracks whose class probability in that window is >= score_threshold, each in its track's
-    persistent colour and labelled "#id class prob". Written atomically like VideoRenderer (`finish` at the end;
-    after SIGINT the frames written so far are kept)."""
+    """The windowed mode's sink (`vita_deploy.pipeline.windowed.TrackSink`): each frame is drawn as soon as its
+    window is done, with the tracks whose class probability in that window is >= score_threshold, each in its
+    track's persistent colour and labelled "#id class prob". Written atomically like VideoRenderer (`finish` at the
+    end; after SIGINT the frames written so far are kept)."""
 
     def begin_tracks(self, height: int, width: int) -> None:
         self.begin([], [], height, width)

@@ -1,6 +1,8 @@
 """Run VITA on a video: `python -m vita_deploy.infer VIDEO [--checkpoint PATH] [--json results.json]`.
 
 VIDEO is an mp4 (anything OpenCV decodes) or a folder of frames. Writes YouTube-VIS result JSON.
+With --window W: the windowed (live) mode, also on a camera index, a stream URL or - (raw RGB24 on stdin);
+see README "Live video".
 Without --checkpoint the shipped `tiny` checkpoint is used (random weights if it is absent, with a warning).
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from vita_deploy.files import atomic_write, ensure_parents, refuse_clobber
 from vita_deploy.loading import load_model
 from vita_deploy.modeling.model import VitaModel
 from vita_deploy.pipeline.render import VideoRenderer
-from vita_deploy.pipeline.video_io import open_video
+from vita_deploy.pipeline.video_io import LIVE_HELP, is_live_spec, open_video
 
 def backend_graphs(backend: str, export: str | None, device: str):
     """(DetectorFn, VitaFn, ModelConfig) of an export on ONNX Runtime or TensorRT."""
@@ -78,7 +80,8 @@ def infer_file(video: str | Path, model: VitaModel | None, device: str = "cpu", 
 @cli.command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("video", type=cli.existing_path, help="mp4 file or folder of frames")
+    parser.add_argument("video", type=_video_arg,
+                        help="mp4 file or folder of frames; with --window also " + LIVE_HELP)
     parser.add_argument("--checkpoint", type=cli.existing_file, help="our .pth or an official VITA model_final.pth")
     parser.add_argument("--config", choices=config_names(), type=canonical_config_name,
                         help="config for official/random weights")
@@ -103,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="host memory for kept mask features (auto: a quarter of the RAM)")
     parser.add_argument("--spill-dir", help="folder where kept mask features beyond the budget may go to disk "
                                             "(never used unless given)")
+    add_live_args(parser)
     args = parser.parse_args(argv)
+    if args.window is not None or is_live_spec(args.video) and not Path(args.video).exists():
+        return run_live(args, parser)
     if args.amp and args.backend != "torch":
         parser.error("--amp is fp16 autocast of the eager model (--backend torch --device cuda); an export runs at "
                      "the precision it was exported with")
@@ -146,6 +152,124 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rendered {args.out}: {len(renderer.shown)} instances with class probability >= "
               f"{args.score_threshold}, {render_s:.2f} s {when}")
     return 0
+
+
+# ---- live and endless video: --window (README "Live video"; vita_deploy/pipeline/windowed.py) -----------------
+
+def _video_arg(text: str) -> str:
+    """An existing file or folder, or a live source spec ('-', a camera index, a URL)."""
+    return text if is_live_spec(text) and not Path(text).exists() else cli.existing_path(text)
+
+
+def add_live_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("live and endless video (README \"Live video\")")
+    g.add_argument("--window", type=int, metavar="W",
+                   help="windowed mode: VITA on each window of W frames, instances linked across windows into "
+                        "tracks; bounded memory and latency; needed for cameras, URLs and stdin")
+    g.add_argument("--overlap", type=int, default=0, metavar="O", help="frames shared by consecutive windows "
+                   "(0 <= O < W); their masks' IoU joins the association")
+    g.add_argument("--max-gap", type=int, default=2, metavar="G", help="windows a track may go unseen before it ends")
+    g.add_argument("--match-threshold", type=float, default=0.5,
+                   help="lowest association affinity (cosine, averaged with overlap IoU) that continues a track")
+    g.add_argument("--jsonl", type=cli.output_file, help="one JSON line per window, flushed as each window is done")
+    g.add_argument("--drop", choices=("wait", "late"), default="wait",
+                   help="when the source outruns the pipeline: wait (files, pipes) or drop the oldest waiting "
+                        "frames (late: live cameras and streams); drops are counted")
+    g.add_argument("--stdin-size", metavar="WxH", help="frame size of raw RGB24 frames on stdin (video -)")
+    g.add_argument("--stdin-fps", type=cli.positive_float, default=25.0, help="frame rate of the frames on stdin")
+    g.add_argument("--timings", type=cli.output_file, help="JSON with per-window latency, sustained fps, stages")
+
+
+def run_live(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`infer` with --window: windowed VITA over a file, folder, camera, URL or stdin
+    (vita_deploy.pipeline.windowed)."""
+    import signal
+    import threading
+
+    from vita_deploy.pipeline.render import TrackRenderer
+    from vita_deploy.pipeline.video_io import open_source
+    from vita_deploy.pipeline.windowed import (TrackWriter, WindowConfig, check_export_window, eager_track_graphs,
+                                      mask_embed_association, run_windowed)
+
+    if args.window is None:
+        raise InputError(f"{args.video} is a live source (camera, stream URL or stdin pipe): it has no end and "
+                         "cannot be read twice, so the offline modes (--features keep/recompute need every frame's "
+                         "queries, rendering reads the video again) cannot run on it", None,
+                         "pass --window W (e.g. --window 36 --overlap 6) for the windowed mode")
+    if args.features != "auto":
+        parser.error("--features chooses how the offline mode keeps mask features; --window keeps only its window's")
+    if args.backend == "tensorrt" and not args.device.startswith("cuda"):
+        parser.error("TensorRT engines run on a CUDA GPU only: use --backend onnxruntime or torch on the CPU")
+    if args.backend != "torch" and not args.export:
+        parser.error(f"--backend {args.backend} needs --export DIR (made by `python export/to_onnx.py`)")
+    if args.amp and (args.backend != "torch" or not args.device.startswith("cuda")):
+        parser.error("--amp is fp16 autocast of the eager model on CUDA (--backend torch --device cuda)")
+    wcfg = WindowConfig(args.window, args.overlap, args.max_gap, args.match_threshold)
+    if args.export:  # before the source opens (a camera, a pipe): a bad export fails first
+        check_export_window(load_manifest(args.export, check_graphs=True), args.window, args.export)
+    source = open_source(args.video, stdin_size=args.stdin_size, stdin_fps=args.stdin_fps)
+    inputs = {"VIDEO": getattr(source, "frame_files", None) or (None if getattr(source, "live", False)
+                                                                    else args.video),
+              "--checkpoint": args.checkpoint}
+    if args.export:
+        inputs["--export"] = [p for p in Path(args.export).iterdir() if p.is_file()]
+    refuse_clobber({"--json": args.json, "--jsonl": args.jsonl, "--out": args.out, "--timings": args.timings},
+                   inputs)
+    ensure_parents(args.json, args.jsonl, args.out, args.timings)
+    if args.backend == "torch":
+        model = load_model(args.checkpoint, args.config).to(args.device)
+        cfg, names = model.cfg, model.cfg.class_names
+        detector, vita = eager_track_graphs(model, amp=args.amp)
+    else:
+        detector, plain_vita, cfg = backend_graphs(args.backend, args.export, args.device)
+        vita = mask_embed_association(plain_vita)
+        names = tuple(load_manifest(args.export)["config"].get("class_names") or ())
+    writer = TrackWriter(args.json, args.jsonl, args.video_id, names)
+    renderer = TrackRenderer(args.out, source.fps, names, args.score_threshold) if args.out else None
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\ninterrupted: finishing the frames already read (Ctrl-C again to abort)", file=sys.stderr)
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        summary = run_windowed(source, detector, vita, cfg, wcfg, writer=writer, sink=renderer, device=args.device,
+                               drop=args.drop, stop=stop, num_frames=getattr(source, "num_frames", None),
+                               progress=sys.stderr.isatty())
+        writer.finish(summary.frames)
+        if renderer is not None and renderer.frames:
+            renderer.finish()
+        elif renderer is not None:
+            renderer.abort()
+    except BaseException:
+        writer.abort()
+        if renderer is not None:
+            renderer.abort()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    s = summary
+    print(f"{s.frames} frames {s.width}x{s.height} in {s.windows} windows (W={wcfg.window}, O={wcfg.overlap}): "
+          f"{s.tracks} tracks; sustained {s.fps:.2f} fps; latency per window (read of its oldest new frame -> masks "
+          f"written) p50 {s.latency_p50:.3f} s, p95 {s.latency_p95:.3f} s, max {s.latency_max:.3f} s; "
+          f"mean per frame {s.latency_mean_frame:.3f} s; dropped {s.dropped} frames (--drop {args.drop})")
+    wrote = [str(p) for p in (args.json, args.jsonl, args.out if renderer is not None and renderer.frames else None)
+             if p]
+    print(f"wrote {', '.join(wrote)}" + (" (interrupted: every finished window is in them)" if s.interrupted else ""))
+    if getattr(source, "partial_bytes", 0):
+        print(f"warning: the stream ended inside a frame ({source.partial_bytes} bytes of a "
+              f"{source.width}x{source.height} RGB24 frame): that frame was dropped", file=sys.stderr)
+    if args.timings:
+        from dataclasses import asdict
+        record = asdict(s) | {"window": wcfg.window, "overlap": wcfg.overlap, "max_gap": wcfg.max_gap,
+                              "drop": args.drop, "backend": args.backend, "device": args.device}
+        atomic_write(args.timings, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+    return 130 if s.interrupted else 0
 
 
 if __name__ == "__main__":

@@ -152,6 +152,16 @@ class VitaHead(nn.Module):
         queries = self.decode(x.reshape(t * fq, 1, c), t, all_layers=False)[-1, 0]  # (cQ, C)
         return self.class_embed(queries), self.mask_embed(queries)
 
+    def forward_with_clip_embed(self, frame_queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` plus the video queries' clip embeddings (`sim_embed_clip`, what `loss_vita_sim` trains to
+        tell instances apart): frame_queries (T, fQ, C) -> class_logits (cQ, K+1), mask_embed (cQ, C),
+        cq_embed (cQ, C). The windowed mode (vita_deploy.pipeline.windowed) links instances across windows with them."""
+        t, fq, c = frame_queries.shape
+        x = self.input_proj_dec(frame_queries)[:, :, None]  # (T, fQ, 1, C)
+        x = self.encode(x, shifted_windows=True)
+        queries = self.decode(x.reshape(t * fq, 1, c), t, all_layers=False)[-1, 0]  # (cQ, C)
+        return self.class_embed(queries), self.mask_embed(queries), self.sim_embed_clip(queries)
+
     def forward_train(self, frame_queries: torch.Tensor, shifted_windows: bool = False) -> VitaHeadTrainOutput:
         """Training: frame_queries (L, B, T, fQ, C) (the last L frame-decoder layers) -> all decoder layers.
 

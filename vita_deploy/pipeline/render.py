@@ -150,3 +150,36 @@ class VideoRenderer:
             self.finish()
         else:
             self.abort()
+
+
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """The RGB colour of a track: the same golden-ratio hue sequence as `instance_colors`, indexed by track id,
+    so an identity keeps its colour for the whole stream."""
+    h = (0.61803 * track_id) % 1.0
+    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.75, 1.0))
+
+
+class TrackRenderer(VideoRenderer):
+    """The windowed mode's sink (`vita_deploy.pipeline.windowed.TrackSink`): each frame is drawn as soon as its
+    window is done, with the tracks whose class probability in that window is >= score_threshold, each in its
+    track's persistent colour and labelled "#id class prob". Written atomically like VideoRenderer (`finish` at the
+    end; after SIGINT the frames written so far are kept)."""
+
+    def begin_tracks(self, height: int, width: int) -> None:
+        self.begin([], [], height, width)
+        self.track_ids: set[int] = set()
+
+    def write_tracks(self, frame: np.ndarray, tracks: list[tuple[int, int, float, dict]]) -> None:
+        if self._writer is None:
+            raise RuntimeError("TrackRenderer.write_tracks before begin_tracks")
+        masks, labels, colors = [], [], []
+        for tid, label, prob, rle in tracks:
+            if prob < self.score_threshold or not mask_utils.area(rle):
+                continue
+            name = self.class_names[label] if self.class_names else label
+            masks.append(mask_utils.decode(rle).view(bool))
+            labels.append(f"#{tid} {name} {prob:.2f}")
+            colors.append(track_color(tid))
+            self.track_ids.add(tid)
+        self._writer.write(cv2.cvtColor(draw_frame(frame, masks, labels, colors), cv2.COLOR_RGB2BGR))
+        self.frames += 1

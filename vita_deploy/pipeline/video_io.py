@@ -1,10 +1,16 @@
 """Video input: an mp4 (or anything OpenCV reads) or a folder of frames, streamed as RGB uint8 arrays."""
 from __future__ import annotations
 
+import queue
 import re
-from collections.abc import Iterator
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -117,3 +123,212 @@ def open_video(path: str | Path, fps: float = 10.0) -> VideoSource:
         return VideoSource(path, frame.shape[0], frame.shape[1], max(count, 1), float(video_fps))
     finally:
         cap.release()
+
+
+# ---- live sources: cameras, stream URLs, raw frames on stdin (README "Live video") ------------------------------
+
+LIVE_HELP = ("a camera index (0), an rtsp://, http(s):// or other stream URL, or - for raw RGB24 frames on stdin "
+             "(with --stdin-size WxH --stdin-fps F)")
+
+
+class LiveSource:
+    """Frames of a source that has no length and can be read once: a camera, a stream URL (OpenCV's FFmpeg
+    backend) or raw RGB24 frames on a binary stream (stdin). An iterator (`iter(s) is s`), so
+    `prefetch.is_rereadable` is False and the offline modes refuse it. `num_frames` is None (no progress total).
+    `partial_bytes` counts a trailing incomplete raw frame (dropped)."""
+
+    num_frames = None
+    live = True
+
+    def __init__(self, name: str, height: int, width: int, fps: float, frames: Iterator[np.ndarray],
+                 close: Callable[[], object] | None = None) -> None:
+        self.name, self.height, self.width, self.fps = name, height, width, fps
+        self._frames, self._close = frames, close
+        self.partial_bytes = 0
+
+    def __iter__(self) -> "LiveSource":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._frames)
+
+    def close(self) -> None:
+        """Release the camera or stream (FrameReader calls it from its reading thread when it stops)."""
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+
+def parse_frame_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (width, height); raises VideoReadError naming the text and the fix."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise VideoReadError(f"--stdin-size {text!r} is not a frame size: write WIDTHxHEIGHT, e.g. 640x480 (what "
+                             "`ffmpeg ... -f rawvideo -pix_fmt rgb24 -s 640x480 -` writes)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _raw_frames(stream: BinaryIO, width: int, height: int, source: LiveSource) -> Iterator[np.ndarray]:
+    size = width * height * 3
+    while True:
+        buf = bytearray(size)
+        view, got = memoryview(buf), 0
+        while got < size:
+            n = stream.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if got < size:
+            source.partial_bytes = got
+            return
+        yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+
+
+def open_raw_stream(stream: BinaryIO, width: int, height: int, fps: float, name: str = "-") -> LiveSource:
+    """Raw RGB24 frames (width x height x 3 bytes each, no header) read from a binary stream, e.g.
+    `ffmpeg -i IN -f rawvideo -pix_fmt rgb24 -` piped into stdin. A trailing partial frame is dropped."""
+    if width < 1 or height < 1 or not fps > 0:
+        raise VideoReadError(f"raw frames need a size and a frame rate (got {width}x{height} at {fps} fps): pass "
+                             "--stdin-size WxH and --stdin-fps F")
+    source = LiveSource(name, height, width, float(fps), iter(()))
+    source._frames = _raw_frames(stream, width, height, source)
+    return source
+
+
+def _capture_frames(cap: cv2.VideoCapture, first: np.ndarray) -> Iterator[np.ndarray]:
+    try:
+        yield cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+
+
+def open_capture(spec: str, fps: float = 30.0) -> LiveSource:
+    """A camera (`spec` an integer index) or a stream URL (OpenCV's FFmpeg backend) as a LiveSource.
+    Raises VideoReadError naming the source and the fix when it cannot be opened or gives no frame."""
+    if spec.isdigit():
+        cap, what = cv2.VideoCapture(int(spec)), f"camera {spec}"
+        fix = "check that the camera exists (ls /dev/video*) and is not used by another program"
+    else:
+        cap, what = cv2.VideoCapture(spec, cv2.CAP_FFMPEG), f"stream {spec}"
+        fix = "check the URL and that the server is reachable (try `ffplay URL`)"
+    ok, frame = cap.read() if cap.isOpened() else (False, None)
+    if not ok:
+        cap.release()
+        raise VideoReadError(f"cannot read {what}: {fix}")
+    rate = cap.get(cv2.CAP_PROP_FPS)
+    rate = float(rate) if rate and 0 < rate < 1000 else fps
+    return LiveSource(spec, frame.shape[0], frame.shape[1], rate, _capture_frames(cap, frame), cap.release)
+
+
+def is_live_spec(spec: str) -> bool:
+    """True for '-', a camera index or a URL (scheme://...): sources `open_source` opens as LiveSource."""
+    return spec == "-" or spec.isdigit() or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", spec) is not None
+
+
+def open_source(spec: str, *, stdin_size: str | None = None, stdin_fps: float | None = None,
+                stdin: BinaryIO | None = None,
+                fps: float = 10.0) -> VideoSource | LiveSource:
+    """An mp4 or frame folder (`open_video`), a camera index, a stream URL, or '-' (raw RGB24 on `stdin`,
+    default sys.stdin.buffer, with stdin_size 'WxH' and stdin_fps). An existing path wins over a camera index."""
+    if spec == "-":
+        if not stdin_size:
+            raise VideoReadError("- reads raw RGB24 frames from stdin, which carry no size: pass --stdin-size WxH "
+                                 "(and --stdin-fps F), e.g. `ffmpeg -i IN -f rawvideo -pix_fmt rgb24 - | vita-deploy "
+                                 "infer - --stdin-size 640x480 --stdin-fps 25 --window 36`")
+        width, height = parse_frame_size(stdin_size)
+        if stdin is None:
+            stdin = sys.stdin.buffer
+        return open_raw_stream(stdin, width, height, stdin_fps or 25.0)
+    if is_live_spec(spec) and not Path(spec).exists():
+        return open_capture(spec)
+    return open_video(spec, fps)
+
+
+class FrameReader:
+    """Reads a source on its own thread into a bounded queue of (frame, read time) pairs.
+
+    When the consumer falls behind and the queue is full, policy "wait" blocks the reader (nothing is lost: files
+    and pipes, whose writer then waits too) and policy "late" drops the oldest queued frame to make room (a live
+    camera or stream keeps up with the present; `dropped` counts them). Iterating yields frames in order;
+    `read_times` holds the perf_counter read time of each yielded frame, in order, for the consumer to pop.
+    Once `stop` is set, iteration ends after the frames already queued (a reader blocked on a silent pipe is
+    left behind: it is a daemon thread)."""
+
+    def __init__(self, frames: Iterable[np.ndarray], policy: str = "wait", capacity: int = 64,
+                 stop: threading.Event | None = None) -> None:
+        if policy not in ("wait", "late"):
+            raise ValueError(f"drop policy must be 'wait' or 'late', not {policy!r}")
+        self.policy, self.dropped, self.read = policy, 0, 0
+        self.read_times: deque[float] = deque()
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, capacity))
+        self._stop = stop if stop is not None else threading.Event()  # set by the caller (SIGINT) or `stop`
+        self._lock = threading.Lock()
+        self._it = iter(frames)
+        self._source = frames
+        self._thread = threading.Thread(target=self._run, name="vita-frame-reader", daemon=True)
+        self._thread.start()
+
+    _DONE = object()
+
+    def _put(self, item, droppable: bool) -> None:
+        while not self._stop.is_set():
+            if droppable and self.policy == "late":
+                with self._lock:
+                    if self._queue.full():
+                        try:
+                            self._queue.get_nowait()
+                            self.dropped += 1
+                        except queue.Empty:
+                            pass
+                    try:
+                        self._queue.put_nowait(item)
+                        return
+                    except queue.Full:
+                        continue
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        try:
+            for frame in self._it:
+                self.read += 1
+                self._put((frame, time.perf_counter()), droppable=True)
+                if self._stop.is_set():
+                    return
+        except BaseException as e:  # noqa: BLE001 - raised in the consumer
+            self._put(e, droppable=False)
+            return
+        finally:  # release a camera or stream here, in the thread that reads it (never under a running read)
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                close()
+        self._put(self._DONE, droppable=False)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set() or not self._thread.is_alive() and self._queue.empty():
+                    return
+                continue
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            frame, t = item
+            self.read_times.append(t)
+            yield frame
+
+    def stop(self) -> None:
+        """Stop reading: the thread ends after its current read and releases the source (a read blocked on a
+        silent pipe ends with the pipe; the thread is a daemon)."""
+        self._stop.set()

@@ -38,7 +38,8 @@ def padded_size(height: int, width: int, divisibility: int = 32) -> tuple[int, i
 
 
 @functools.lru_cache(maxsize=16)
-def _mean_std(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, 3, 1, 1) float32 mean and std on `device`, made once per device: `torch.tensor(..., device=cuda)` is a
     blocking host-to-device copy, which on every chunk would stall the decoder/compute overlap. Made outside
     inference mode so that training code may use them too."""

@@ -31,7 +31,7 @@ from vita_deploy.config import canonical_config_name, config_names  # noqa: E402
 from vita_deploy.errors import InputError  # noqa: E402
 from vita_deploy.files import refuse_clobber  # noqa: E402
 from vita_deploy.benchmark import (RESOLUTIONS, bench_video, environment, make_benchmark_video, plot_fps,  # noqa: E402
-                                   result_from_timings, write_json, write_markdown)
+                                   result_from_timings, set_matmul_precision, write_json, write_markdown)
 from vita_deploy.export.onnx_export import load_manifest  # noqa: E402
 from vita_deploy.loading import load_model  # noqa: E402
 from vita_deploy.pipeline.inference import FEATURE_MODES, eager_graphs, eager_mask_features  # noqa: E402
@@ -70,6 +70,11 @@ def plan_runs(backends: list[str], precisions: list[str], device: torch.device, 
                 not_run.append({"backend": backend, "precision": precision, "device": str(device),
                                 "reason": f"fp16 for eager PyTorch is CUDA autocast; on {device.type} the model "
                                           "would run in fp32 (the fp16 ONNX graph in ONNX Runtime runs on the CPU)"})
+                continue
+            if precision == "tf32" and (backend in EXPORTED_BACKENDS or device.type != "cuda"):
+                not_run.append({"backend": backend, "precision": precision, "device": str(device),
+                                "reason": "tf32 is an eager-PyTorch CUDA mode (TF32 tensor cores for fp32 matmuls "
+                                          "and convolutions); exports are fp32 or fp16, and the CPU has no TF32"})
                 continue
             if backend in EXPORTED_BACKENDS and precision not in exports:
                 have = ", ".join(f"{p} ({d})" for p, d in exports.items()) or "none"
@@ -117,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=cli.existing_file, help="weights (default: shipped tiny checkpoint, or random for r50)")
     p.add_argument("--backend", nargs="+", default=["torch"],
                    choices=["torch", "torch-compile", "onnxruntime", "tensorrt"])
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16"])
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "tf32", "fp16"],
+                   help="eager rows set TF32 explicitly: fp32 strict, tf32 TF32 matmuls/convolutions, fp16 autocast")
     p.add_argument("--device", type=cli.device, default=cli.default_device())
     p.add_argument("--frames", nargs="+", type=cli.positive_int, default=[18, 36])
     p.add_argument("--resolution", nargs="+", default=["360p"], choices=sorted(RESOLUTIONS))
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     results, memory = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for backend, precision in runs:
+            tf32_flags = set_matmul_precision(precision) if backend not in EXPORTED_BACKENDS else None
             model = load_model(args.checkpoint, args.config).to(device)
             detector, vita = graphs_for(backend, precision, model, device, exports.get(precision), args.threads)
             mask_features = mask_features_for(backend, precision, model, device, exports.get(precision), args.threads)
@@ -163,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = result_from_timings(backend, precision, device, model.cfg, res, frames, e2e, stages,
                                         host, gpu, args.repeats, args.warmup)
                 r.extra["features"] = features
+                if tf32_flags is not None:
+                    r.extra["tf32"] = tf32_flags
                 if backend in EXPORTED_BACKENDS:
                     r.extra["export"] = exports[precision]
                 results.append(r)

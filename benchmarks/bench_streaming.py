@@ -37,7 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vita_deploy.benchmark import RESOLUTIONS, environment, host_peak_mb, make_benchmark_video, reset_host_peak  # noqa: E402,I001
+from vita_deploy.benchmark import (RESOLUTIONS, environment, host_peak_mb, make_benchmark_video,  # noqa: E402,I001
+                                   reset_host_peak, set_matmul_precision)
 from vita_deploy.config import canonical_config_name, config_names  # noqa: E402
 from vita_deploy.pipeline.inference import FEATURE_MODES  # noqa: E402
 
@@ -80,6 +81,7 @@ def child(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
+    tf32 = set_matmul_precision(spec["precision"]) if spec["backend"] in ("torch", "torch-compile") else None
     model = load_model(spec.get("checkpoint"), spec["config"]).to(device)
     det, vita, mask_fn = graphs(spec["backend"], spec["precision"], model, device, spec.get("export"),
                                 spec.get("threads"))
@@ -126,7 +128,7 @@ def child(spec: dict) -> dict:
             "stages_s": t,
             "host_peak_mb": host_peak_mb(),
             "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-            "disk_mb": pred.spilled_mb, "repeats": spec["repeats"], "warmup": spec["warmup"]}
+            "disk_mb": pred.spilled_mb, "tf32": tf32, "repeats": spec["repeats"], "warmup": spec["warmup"]}
 
 
 def run_child(spec: dict) -> dict:
@@ -324,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="tiny", choices=config_names(), type=canonical_config_name)
     p.add_argument("--checkpoint", help="weights (default: shipped tiny checkpoint, or random for the zoo)")
     p.add_argument("--backend", default="torch", choices=["torch", "torch-compile", "onnxruntime", "tensorrt"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="fp16: CUDA autocast (eager)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16"],
+                   help="eager: fp32 strict, tf32 TF32 matmuls/convolutions, fp16 CUDA autocast (set per run)")
     p.add_argument("--export", help="export dir for onnxruntime / tensorrt (with mask_features.onnx)")
     p.add_argument("--deform-attn", help="deformable-attention implementation for eager runs (default auto)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -68,8 +68,9 @@ def test_bench_kernels_quick_run(tmp_path):
     assert data["peak_gbps"] > 0 and data["peak_gbps_source"].startswith("measured")
     for r in rows:  # share of the bandwidth floor: bytes that must move / bandwidth, over the time taken
         assert abs(r["pct_of_floor"] - 100 * r["gbps"] / data["peak_gbps"]) < 1e-9
-        assert f"| {r['median_ms']:.2f} | {r['gbps']:.2f} | {r['pct_of_floor']:.2f} |" in \
-            out.with_suffix(".md").read_text()
+        assert abs(r["roofline_floor_ms"] - 1000 * r["bytes_moved"] / (data["roofline_gbps"] * 1e9)) < 1e-12
+        assert f"| {r['median_ms']:.3f} | {r['gbps']:.2f} | {r['pct_of_floor']:.2f} | " \
+            f"{r['roofline_floor_ms']:.4f} |" in out.with_suffix(".md").read_text()
     if importlib.util.find_spec("triton") is not None:  # our kernel: a correctness run in the interpreter, no time
         checks = {c["precision"]: c for c in data["interpreter_correctness"]}
         assert set(checks) == {"fp32", "fp16"} and all("median_ms" not in c for c in checks.values())

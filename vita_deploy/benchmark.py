@@ -29,6 +29,24 @@ from vita_deploy.pipeline.video_io import open_video
 
 RESOLUTIONS = {"240p": (240, 426), "360p": (360, 640), "480p": (480, 854), "720p": (720, 1280),
                "1080p": (1080, 1920)}
+EAGER_PRECISIONS = ("fp32", "tf32", "fp16")
+
+
+def set_matmul_precision(precision: str) -> dict[str, bool]:
+    """Set TF32 explicitly for an eager row and return the flags, so every row says what it ran.
+
+    fp32: strict fp32 matmuls and convolutions (cuDNN allows TF32 convolutions by default, so "fp32" would silently
+    be TF32 otherwise); tf32: TF32 tensor cores for fp32 matmuls and convolutions; fp16: CUDA autocast, with the
+    ops autocast leaves in fp32 strict fp32. Returns {"matmul_tf32": ..., "cudnn_tf32": ...}.
+    """
+    if precision not in EAGER_PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {EAGER_PRECISIONS}")
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32}
+
+
 STAGES = ("decode", "preprocess", "detector", "vita", "mask_features", "postprocess")  # mask_features: recompute
 
 

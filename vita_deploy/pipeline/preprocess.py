@@ -5,6 +5,8 @@ frames), normalise with the pixel mean/std (0-255 units, RGB), zero-pad bottom/r
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,10 +37,20 @@ def padded_size(height: int, width: int, divisibility: int = 32) -> tuple[int, i
     return -(-height // divisibility) * divisibility, -(-width // divisibility) * divisibility
 
 
+@functools.lru_cache(maxsize=16)
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 3, 1, 1) float32 mean and std on `device`, made once per device: `torch.tensor(..., device=cuda)` is a
+    blocking host-to-device copy, which on every chunk would stall the decoder/compute overlap. Made outside
+    inference mode so that training code may use them too."""
+    with torch.inference_mode(False):
+        return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+                torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+
+
 def normalize_and_pad(images: torch.Tensor, cfg: InputConfig) -> torch.Tensor:
     """uint8 or float (N, 3, h, w) RGB in 0-255 -> float32 (N, 3, Hp, Wp) normalised, zero-padded to 32."""
-    mean = torch.tensor(cfg.pixel_mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.pixel_std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(tuple(cfg.pixel_mean), tuple(cfg.pixel_std), images.device)
     x = (images.float() - mean) / std
     hp, wp = padded_size(x.shape[-2], x.shape[-1], cfg.size_divisibility)
     return F.pad(x, (0, wp - x.shape[-1], 0, hp - x.shape[-2]))

@@ -9,12 +9,64 @@ tests skip there with that reason.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import torch
 
 from vita_deploy.engines.backend import import_tensorrt
 from vita_deploy.runtime.base import Engine, RuntimeMismatchError, TensorSpec
+
+
+T = TypeVar("T")
+
+
+class ShapeGraphCache(Generic[T]):
+    """At most `capacity` captured graphs, keyed by their input shapes, least recently used evicted first.
+
+    A video's last chunk and every new video size are new input shapes; one graph per engine would recapture on
+    each of them (and throw away the common shape's graph). Bounded, because every graph holds its own static
+    input/output buffers on the device. `capture(key)` makes an entry for a key that is not cached.
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        if capacity < 1:
+            raise ValueError(f"graph cache capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._entries: OrderedDict[Hashable, T] = OrderedDict()
+        self.captures = 0
+
+    def get(self, key: Hashable, capture: Callable[[Hashable], T]) -> T:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        while len(self._entries) >= self.capacity:
+            self._entries.popitem(last=False)  # drops the graph and its buffers
+        entry = self._entries[key] = capture(key)
+        self.captures += 1
+        return entry
+
+    def keys(self) -> list[Hashable]:
+        """Cached keys, least recently used first."""
+        return list(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def shape_key(feeds: dict[str, torch.Tensor]) -> tuple:
+    """The cache key of a set of inputs: sorted (name, shape, dtype)."""
+    return tuple(sorted((name, tuple(t.shape), str(t.dtype)) for name, t in feeds.items()))
+
+
+@dataclass
+class _Graph:
+    graph: "torch.cuda.CUDAGraph"
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
 
 
 def _torch_dtype(trt, dtype) -> torch.dtype:
@@ -29,7 +81,7 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 class TensorRTEngine(Engine):
     """One serialized engine. Inputs are cast to the engine's dtypes; outputs are new torch CUDA tensors."""
 
-    def __init__(self, engine_path: str | Path, use_cuda_graph: bool = False) -> None:
+    def __init__(self, engine_path: str | Path, use_cuda_graph: bool = False, max_graphs: int = 4) -> None:
         self.trt = trt = import_tensorrt()
         if not torch.cuda.is_available():
             raise RuntimeError("TensorRT engines need a CUDA GPU; none is visible to torch")
@@ -53,8 +105,7 @@ class TensorRTEngine(Engine):
             (specs_in if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else specs_out).append(spec)
         self.inputs, self.outputs = tuple(specs_in), tuple(specs_out)
         self.use_cuda_graph = use_cuda_graph
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._graph_io: tuple[dict, dict] | None = None
+        self._graphs: ShapeGraphCache[_Graph] = ShapeGraphCache(max_graphs)
         self._stream = torch.cuda.Stream()
 
     def _bind(self, feeds: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -88,28 +139,30 @@ class TensorRTEngine(Engine):
         return outputs
 
     def _infer_graph(self, feeds: dict[str, torch.Tensor], stream: torch.cuda.Stream) -> dict[str, torch.Tensor]:
-        """Capture once per input shape, then copy inputs into the static buffers and replay."""
-        shapes = {k: tuple(v.shape) for k, v in feeds.items()}
-        if self._graph is None or {k: tuple(v.shape) for k, v in self._graph_io[0].items()} != shapes:
-            inputs, outputs = self._bind(feeds)
-            self._stream.wait_stream(stream)
-            with torch.cuda.stream(self._stream):
-                self.context.execute_async_v3(self._stream.cuda_stream)  # warm-up outside capture
-                self._graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self._graph, stream=self._stream):
-                    self.context.execute_async_v3(self._stream.cuda_stream)
-            stream.wait_stream(self._stream)
-            self._graph_io = (inputs, outputs)
-        inputs, outputs = self._graph_io
+        """Capture once per input shape (at most `max_graphs` kept), then copy inputs into that graph's static
+        buffers and replay."""
+        entry = self._graphs.get(shape_key(feeds), lambda _key: self._capture(feeds, stream))
         with torch.cuda.stream(stream):
             for name, t in feeds.items():
-                inputs[name].copy_(t, non_blocking=True)
-            self._graph.replay()
-        return {k: v.clone() for k, v in outputs.items()}
+                entry.inputs[name].copy_(t, non_blocking=True)
+            entry.graph.replay()
+        return {k: v.clone() for k, v in entry.outputs.items()}
+
+    def _capture(self, feeds: dict[str, torch.Tensor], stream: torch.cuda.Stream) -> _Graph:
+        inputs, outputs = self._bind(feeds)
+        self._stream.wait_stream(stream)
+        with torch.cuda.stream(self._stream):
+            self.context.execute_async_v3(self._stream.cuda_stream)  # warm-up outside capture
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the decoder and post-processing threads keep making CUDA calls (pinned copies, RLE)
+            # while this thread captures; the default global mode would fail the capture on their calls.
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+                self.context.execute_async_v3(self._stream.cuda_stream)
+        stream.wait_stream(self._stream)
+        return _Graph(graph, inputs, outputs)
 
     def close(self) -> None:
-        self._graph = None
-        self._graph_io = None
+        self._graphs.clear()
         self.context = None
         self.engine = None
 

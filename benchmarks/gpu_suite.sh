@@ -44,7 +44,7 @@ setup() {  # the carried wheels into $SITE, the checkout and $SITE on PYTHONPATH
 import importlib, sys
 missing = []
 for name in ("torch", "triton", "onnx", "onnxruntime", "onnxscript", "cv2", "scipy", "tqdm", "matplotlib", "numpy",
-             "pycocotools.mask", "vita_deploy.inference"):
+             "pycocotools.mask", "vita_deploy.pipeline.inference"):
     try:
         importlib.import_module(name)
     except ImportError as e:

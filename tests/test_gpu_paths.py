@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vita_deploy.config import get_config
-from vita_deploy.feature_store import FeatureStore, HostPool, plain_allocator
+from vita_deploy.pipeline.feature_store import FeatureStore, HostPool, plain_allocator
 from vita_deploy.runtime.base import RuntimeMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def _load_bench_kernels():
 # --- preprocess: mean/std made once per device ------------------------------------------------------------------
 
 def test_normalize_constants_are_cached_per_device(monkeypatch):
-    from vita_deploy import preprocess
+    from vita_deploy.pipeline import preprocess
 
     cfg = get_config("r50").input
     preprocess._mean_std.cache_clear()

@@ -116,8 +116,8 @@ def mask_features_for(backend: str, precision: str, model, device: torch.device,
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", choices=config_names(), type=canonical_config_name)
     p.add_argument("--checkpoint", type=cli.existing_file, help="weights (default: shipped tiny checkpoint, or random for r50)")
     p.add_argument("--backend", nargs="+", default=["torch"],

@@ -4,4 +4,4 @@ import sys
 from vita_deploy.export.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="export/to_onnx.py"))

@@ -215,8 +215,8 @@ def run_batch(jobs: list[VideoJob], out: Path, *, backend: str = "torch", export
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vita_deploy.batch", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "vita-deploy batch") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", type=cli.existing_path, help="folder of videos / frame folders, or a list file")
     p.add_argument("--out", required=True, help="output folder (per-video JSON, results.json, videos.json)")
@@ -265,4 +265,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m vita_deploy.batch"))

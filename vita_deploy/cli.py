@@ -137,8 +137,8 @@ def command(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
     """Decorator: `main(argv)` runs inside the error boundary (see module docstring)."""
 
     @functools.wraps(main)
-    def wrapped(argv: list[str] | None = None) -> int:
-        return run_main(main, argv)
+    def wrapped(argv: list[str] | None = None, **kwargs) -> int:  # kwargs: e.g. prog="vita-deploy infer"
+        return run_main(functools.partial(main, **kwargs) if kwargs else main, argv)
 
     wrapped.unwrapped = main  # type: ignore[attr-defined]
     return wrapped

@@ -26,8 +26,8 @@ from vita_deploy.pipeline.video_io import VideoSource
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "vita-deploy demo") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=cli.output_dir, default="outputs/demo",
                    help="output folder (empty, new, or a previous demo's; anything else needs --overwrite)")
     p.add_argument("--videos", type=cli.positive_int, default=4, help="synthetic videos to generate and segment")
@@ -80,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m vita_deploy.demo"))

@@ -16,8 +16,8 @@ from vita_deploy.evaluation import evaluate_ytvis, format_metrics
 from vita_deploy.files import atomic_write_text, refuse_clobber
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vita_deploy.evaluate",
+def build_parser(prog: str = "vita-deploy evaluate") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog,
                                 description="YouTube-VIS metrics of a results file against a labelled GT file.")
     p.add_argument("--gt", type=cli.existing_file, required=True,
                    help="ground-truth JSON with annotations (YouTube-VIS 2019/2021 layout)")
@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "vita-deploy evaluate") -> int:
+    args = build_parser(prog).parse_args(argv)
     refuse_clobber({"--out": args.out}, {"--gt": args.gt, "--results": args.results})
     metrics = evaluate_ytvis(args.gt, args.results)
     print(format_metrics(metrics))
@@ -40,4 +40,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m vita_deploy.evaluate"))

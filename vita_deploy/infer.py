@@ -78,8 +78,8 @@ def infer_file(video: str | Path, model: VitaModel | None, device: str = "cpu", 
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "vita-deploy infer") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", type=_video_arg,
                         help="mp4 file or folder of frames; with --window also " + LIVE_HELP)
     parser.add_argument("--checkpoint", type=cli.existing_file, help="our .pth or an official VITA model_final.pth")
@@ -273,4 +273,4 @@ def run_live(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m vita_deploy.infer"))

@@ -33,14 +33,14 @@ def recipe_defaults(config: str, world_size: int = 1) -> dict:
     return defaults
 
 
-def parse_args(argv: list[str] | None = None, with_overwrite: bool = False):
+def parse_args(argv: list[str] | None = None, with_overwrite: bool = False, prog: str = "vita-deploy train"):
     """(TrainConfig, resume path or None[, overwrite]); every schedule flag defaults to the --config's recipe."""
     pre = argparse.ArgumentParser(add_help=False)  # the config first (its recipe gives the defaults) ...
     pre.add_argument("--config", default=TrainConfig.config)
     config = pre.parse_known_args(argv)[0].config
     config = canonical_config_name(config) if canonical_config_name(config) in config_names() else TrainConfig.config
     defaults = recipe_defaults(config, int(os.environ.get("WORLD_SIZE", "1")))  # ... and `p` reports a bad one
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Schedule flags default to the chosen --config's training recipe (README "
                                        "\"Model zoo\"); give any of them to override it.")
     p.add_argument("--data", type=cli.existing_dir, required=True,
@@ -95,8 +95,8 @@ def parse_args(argv: list[str] | None = None, with_overwrite: bool = False):
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    cfg, resume, overwrite = parse_args(argv, with_overwrite=True)
+def main(argv: list[str] | None = None, prog: str = "vita-deploy train") -> int:
+    cfg, resume, overwrite = parse_args(argv, with_overwrite=True, prog=prog)
     if resume and not Path(resume).is_file():
         raise InputError("the checkpoint to resume from does not exist", resume,
                          "pass --resume PATH of a last.pth, or leave --resume out to start a new run")
@@ -119,4 +119,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m vita_deploy.train"))

@@ -62,8 +62,8 @@ def matched_mask_ious(a: VideoPrediction, b: VideoPrediction) -> list[float]:
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", type=cli.existing_dir, required=True,
                    help="export folder (manifest.json, ONNX files, engines)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
@@ -184,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m vita_deploy.verify"))

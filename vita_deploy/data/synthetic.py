@@ -217,8 +217,8 @@ def split_name(text: str) -> str:
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "vita-deploy data") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=cli.output_dir, required=True, help="dataset folder")
     p.add_argument("--videos", type=cli.positive_int, required=True, help="videos in the split")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0)
@@ -249,4 +249,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m vita_deploy.data.synthetic"))

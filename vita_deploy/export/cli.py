@@ -24,8 +24,8 @@ from vita_deploy.export.onnx_export import (DEFORM_ATTN_MODES, DETECTOR_FILE, GR
 from vita_deploy.files import refuse_clobber
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="export/to_onnx.py", description=__doc__,
+def build_parser(prog: str = "vita-deploy export") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     # model
     p.add_argument("--config", choices=config_names(), type=canonical_config_name, default="tiny", help="model config")
@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "vita-deploy export") -> int:
+    a = build_parser(prog).parse_args(argv)
     options = ExportOptions(a.deform_attn, a.precision, a.max_frames, a.height, a.width, a.max_batch)
     from vita_deploy.loading import default_checkpoint, load_model
 

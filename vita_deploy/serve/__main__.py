@@ -3,4 +3,4 @@ import sys
 
 from vita_deploy.serve.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m vita_deploy.serve"))

@@ -20,8 +20,8 @@ from vita_deploy.serve.repository import BACKENDS, RepoOptions, export_repositor
 from vita_deploy.serve.server import TritonServer
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vita_deploy.serve", description=__doc__,
+def build_parser(prog: str = "vita-deploy serve") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export-repo", help="write a Triton model repository for an export")
@@ -62,8 +62,8 @@ def _run(args) -> int:
 
 
 @cli.command
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "vita-deploy serve") -> int:
+    args = build_parser(prog).parse_args(argv)
     if args.command == "export-repo":
         options = RepoOptions(args.backend, args.detector_instances, args.video_instances, args.queue_delay_us,
                               args.ort_threads, args.engine_dir)

@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(PY) -m vita_deploy.demo --out outputs/demo
+	$(VENV)/bin/vita-deploy demo --out outputs/demo
 
 # Two xdist workers, one file each at a time (module fixtures stay per file); exports are shared between them.
 TEST_WORKERS ?= 2

@@ -201,6 +201,6 @@ def test_container_backend_repositories(export_dir, tmp_path):
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
         assert (tmp_path / "ort" / graph / "1" / "model.onnx").is_file()
         assert not (tmp_path / "ort" / graph / "1" / "model.py").exists()
-    with pytest.raises(RepositoryError, match="engines/build.py"):
+    with pytest.raises(RepositoryError, match="vita-deploy build"):
         export_repository(export_dir, tmp_path / "trt", RepoOptions(backend="tensorrt"))
     assert not (tmp_path / "trt").exists()  # nothing half-written

@@ -1,13 +1,13 @@
-"""Batch inference over many videos with Ray Data: `python -m vita_deploy.batch VIDEOS --out DIR`.
+"""Batch inference over many videos with Ray Data: `vita-deploy batch VIDEOS --out DIR`.
 
-    python -m vita_deploy.batch videos/ --out runs/batch                      # local Ray cluster, eager tiny model
-    python -m vita_deploy.batch list.txt --out runs/b --backend onnxruntime --export exports/tiny --actors 4
-    python -m vita_deploy.batch videos/ --out runs/b --address auto --actors 8 --gpus-per-actor 1 \\
+    vita-deploy batch videos/ --out runs/batch                      # local Ray cluster, eager tiny model
+    vita-deploy batch list.txt --out runs/b --backend onnxruntime --export exports/tiny --actors 4
+    vita-deploy batch videos/ --out runs/b --address auto --actors 8 --gpus-per-actor 1 \\
         --backend tensorrt --export exports/r50                               # an existing cluster, one GPU per actor
 
 VIDEOS is a folder (its video files and frame folders, sorted by name) or a text file listing one video per
 line (relative to the file's folder; `#` starts a comment). Each Ray actor holds one model (eager PyTorch, ONNX
-Runtime sessions or TensorRT engines) and runs the same `run_video` as `python -m vita_deploy.infer` on one video
+Runtime sessions or TensorRT engines) and runs the same `run_video` as `vita-deploy infer` on one video
 at a time (`map_batches` with a callable class on an actor pool). The driver writes, as results arrive:
     DIR/videos/<name>.json   per video: video path, video_id, height, width, num_frames, YouTube-VIS `results`
     DIR/results.json         all videos' YouTube-VIS results in one list (rewritten at the end)
@@ -114,7 +114,7 @@ class VideoPredictor:
         from vita_deploy.pipeline.inference import run_video
         from vita_deploy.pipeline.video_io import open_video
 
-        if self.model is not None:  # exactly `python -m vita_deploy.infer VIDEO`
+        if self.model is not None:  # exactly `vita-deploy infer VIDEO`
             return infer_file(path, self.model, self.device, progress=False)
         detector, vita, cfg = self.graphs  # as infer_file does for an export, with --features auto
         source = open_video(path)
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy batch") -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.backend != "torch" and not a.export:
-        p.error(f"--backend {a.backend} needs --export DIR (made by `python export/to_onnx.py`)")
+        p.error(f"--backend {a.backend} needs --export DIR (made by `vita-deploy export`)")
     if a.backend == "tensorrt" and not a.gpus_per_actor:
         p.error("TensorRT engines run on a GPU: pass --gpus-per-actor (e.g. 1)")
     if a.resume and a.overwrite:

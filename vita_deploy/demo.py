@@ -1,4 +1,4 @@
-"""The main job on the embedded default: `python -m vita_deploy.demo --out outputs/demo` (what `make demo` runs).
+"""The main job on the embedded default: `vita-deploy demo --out outputs/demo` (what `make demo` runs).
 
 Generates a few synthetic YouTube-VIS videos, runs whole-video VITA inference with the shipped `tiny`
 checkpoint, writes YouTube-VIS results and rendered mp4s, and evaluates them against the ground truth.

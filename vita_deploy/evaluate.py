@@ -1,6 +1,6 @@
 """Evaluate YouTube-VIS results locally.
 
-    python -m vita_deploy.evaluate --gt valid.json --results results.json [--out metrics.json]
+    vita-deploy evaluate --gt valid.json --results results.json [--out metrics.json]
 
 Prints AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100 (percent; -1 where there is no ground truth).
 Bad inputs print the problem and exit with status 2.

@@ -1,4 +1,4 @@
-"""Run VITA on a video: `python -m vita_deploy.infer VIDEO [--checkpoint PATH] [--json results.json]`.
+"""Run VITA on a video: `vita-deploy infer VIDEO [--checkpoint PATH] [--json results.json]`.
 
 VIDEO is an mp4 (anything OpenCV decodes) or a folder of frames. Writes YouTube-VIS result JSON.
 With --window W: the windowed (live) mode, also on a camera index, a stream URL or - (raw RGB24 on stdin);
@@ -33,7 +33,7 @@ def backend_graphs(backend: str, export: str | None, device: str):
 
     if not export:
         raise InputError(f"--backend {backend} needs an export", None,
-                         "pass --export DIR (made by `python export/to_onnx.py`)")
+                         "pass --export DIR (made by `vita-deploy export`)")
     cfg = ModelConfig.from_dict(load_manifest(export)["config"])
     if backend == "onnxruntime":
         from vita_deploy.runtime.ort_export import ort_graphs
@@ -68,7 +68,7 @@ def infer_file(video: str | Path, model: VitaModel | None, device: str = "cpu", 
         mask_features = backend_mask_features(backend, export, device) if features != "keep" else None
         if features == "recompute" and mask_features is None:
             raise InputError(f"--features recompute needs the mask-feature graph, which {export} does not have: "
-                             "re-export with `python export/to_onnx.py` (it writes mask_features.onnx)")
+                             "re-export with `vita-deploy export` (it writes mask_features.onnx)")
     start = time.perf_counter()
     pred = run_video(source, detector, vita, cfg, mask_features=mask_features, features=features, device=device,
                      num_frames=source.num_frames, progress=progress, spill_dir=spill_dir,
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy infer") -> int:
     if args.backend == "tensorrt" and not args.device.startswith("cuda"):
         parser.error("TensorRT engines run on a CUDA GPU only: use --backend onnxruntime or torch on the CPU")
     if args.backend != "torch" and not args.export:
-        parser.error(f"--backend {args.backend} needs --export DIR (made by `python export/to_onnx.py`)")
+        parser.error(f"--backend {args.backend} needs --export DIR (made by `vita-deploy export`)")
     source = open_video(args.video)
     inputs = {"VIDEO": source.frame_files or args.video, "--checkpoint": args.checkpoint}
     if args.export:

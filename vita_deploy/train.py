@@ -1,7 +1,7 @@
-"""Train VITA: `python -m vita_deploy.train --config tiny --data DIR --out RUN [--resume]`.
+"""Train VITA: `vita-deploy train --config tiny --data DIR --out RUN [--resume]`.
 
 DIR is a YouTube-VIS folder: `train.json` + `train/JPEGImages/` (and optionally `valid.json` +
-`valid/JPEGImages/` with annotations, for periodic evaluation), e.g. from `python -m vita_deploy.data.synthetic`.
+`valid/JPEGImages/` with annotations, for periodic evaluation), e.g. from `vita-deploy data`.
 Multi-GPU (or multi-process CPU with gloo): `torchrun --nproc_per_node N -m vita_deploy.train ...`.
 """
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy train") -> int:
     if not (Path(cfg.data) / "train.json").is_file():
         raise InputError("--data has no train.json: the file does not exist", Path(cfg.data) / "train.json",
                          "pass a YouTube-VIS folder with train.json and "
-                         "train/JPEGImages (e.g. from `python -m vita_deploy.data.synthetic`)")
+                         "train/JPEGImages (e.g. from `vita-deploy data`)")
     if os.environ.get("RANK", "0") == "0":  # other ranks of torchrun find the folder rank 0 made
         prepare_output_dir(cfg.out, resume=bool(resume), overwrite=overwrite, what="run folder (--out)",
                            inputs={"--data": cfg.data, "--resume": resume if resume and not

@@ -1,7 +1,7 @@
 """Verify an export (ONNX Runtime) or its engines (TensorRT) against the eager PyTorch model: every graph the
 manifest lists (frame detector, VITA head, and the mask-feature graph of recompute mode).
 
-    python -m vita_deploy.verify --export exports/tiny --backend onnxruntime --videos data/synthetic
+    vita-deploy verify --export exports/tiny --backend onnxruntime --videos data/synthetic
 
 Prints a parity table: per-tensor max abs / relative error on seeded inputs, and on labelled videos
 (`<videos>/valid.json` + `valid/JPEGImages`) the matched-instance mask IoU and the AP difference. Exits 1
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
     if a.videos:
         if not (Path(a.videos) / "valid.json").is_file():
             raise InputError("--videos has no valid.json", a.videos, "pass a YouTube-VIS folder with valid.json and "
-                             "valid/JPEGImages (e.g. from `python -m vita_deploy.data.synthetic --val-videos N`)")
+                             "valid/JPEGImages (e.g. from `vita-deploy data --val-videos N`)")
         gt_videos = load_ytvis_json(Path(a.videos) / "valid.json")
     manifest = load_manifest(a.export, check_graphs=True)
     checkpoint = a.checkpoint or DEFAULT_CHECKPOINT
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
         mask_backend = tensorrt_mask_features(a.export, a.device)
     if backend is None and mask_backend is None:
         raise ExportError(f"{a.export} has neither the frame detector + VITA head nor the mask-feature graph: "
-                          "re-export with `python export/to_onnx.py`")
+                          "re-export with `vita-deploy export`")
     limits = THRESHOLDS[manifest["precision"]]
     eager = eager_graphs(model)
     cfg = model.cfg

@@ -1,6 +1,6 @@
 """Synthetic video instance segmentation data in the exact YouTube-VIS 2019 layout.
 
-    python -m vita_deploy.data.synthetic --out data/synthetic --videos 300 --val-videos 40 --seed 0
+    vita-deploy data --out data/synthetic --videos 300 --val-videos 40 --seed 0
 
 writes `DIR/train/JPEGImages/<video>/<frame>.jpg` and `DIR/train.json` (and the same for `valid` with
 `--val-videos`; unlike the real valid split it carries annotations, so it can be evaluated locally).

@@ -172,7 +172,7 @@ class Backend:
             raise PrecisionError(
                 f"--fp16 is not available on {self.describe()}: it builds strongly typed networks only (the FP16 "
                 "builder flag was removed in TensorRT 11 and never existed in TensorRT-RTX). Export an fp16 graph "
-                "(`python export/to_onnx.py --precision fp16`) and build it without --fp16.")
+                "(`vita-deploy export --precision fp16`) and build it without --fp16.")
         config.set_flag(self.trt.BuilderFlag.FP16)
 
     def set_targets(self, config, compute_capabilities: list[str]) -> tuple[str, list[str] | None]:

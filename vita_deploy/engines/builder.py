@@ -82,12 +82,12 @@ def _fill_node_names(messages: list[ParserMessage], onnx_path: Path) -> list[Par
 def _plugin_hint(backend: Backend, op_type: str) -> str:
     if op_type == VITA_PLUGIN.op_type:
         supported, why = supports_aot_plugins(backend.trt)
-        return (f"{why}: re-export with `python export/to_onnx.py --deform-attn native`." if not supported else
+        return (f"{why}: re-export with `vita-deploy export --deform-attn native`." if not supported else
                 "our plugin was registered, yet the parser did not find it: check the node's plugin_namespace "
                 "(vita_deploy) and that triton is installed (`pip install -e '.[gpu]'`).")
     if op_type == MSDA_PLUGIN and backend.is_rtx:
         return ("TensorRT-RTX does not ship NVIDIA's plugin library, so it cannot build this node: export with "
-                "`python export/to_onnx.py --deform-attn native` (standard ONNX operators only) and build that.")
+                "`vita-deploy export --deform-attn native` (standard ONNX operators only) and build that.")
     if op_type == MSDA_PLUGIN:
         return (f"{backend.describe()} has no {MSDA_PLUGIN} creator for this node's plugin_version (version 2, "
                 "IPluginV3, needs TensorRT >= 10.11 with libnvinfer_plugin): upgrade TensorRT, or export with "
@@ -248,7 +248,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
     options = options or BuildOptions()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
-        raise BuildInputError(f"{onnx_path} does not exist: export it first (`python export/to_onnx.py`)")
+        raise BuildInputError(f"{onnx_path} does not exist: export it first (`vita-deploy export`)")
     backend = backend or load_backend()
     log.info("building %s with %s", onnx_path, backend.describe())
     builder, logger = backend.create_builder(options.verbose)

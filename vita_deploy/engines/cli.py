@@ -9,7 +9,7 @@ names with colons ('in:0':1x3x8x8), `name:scalar` for 0-D; give only --optShapes
 trtexec, networks are strongly typed by default (precision comes from the ONNX, as in TensorRT 11 and
 TensorRT-RTX); --fp16 selects TensorRT 10's weakly typed FP16 mode and is refused by strongly typed builders.
 TensorRT-RTX builds ahead of time for --computeCapability (default: the visible GPU, else 89), so it works on
-machines without a GPU. Errors print one message and exit with status 2. `python engines/build.py` (in a
+machines without a GPU. Errors print one message and exit with status 2. `vita-deploy build` (in a
 checkout) is the same command.
 """
 from __future__ import annotations

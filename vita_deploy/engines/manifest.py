@@ -88,8 +88,8 @@ def build_from_manifest(manifest_path: str | Path, out_dir: str | Path | None = 
         if not supported:
             raise PluginMissingError(
                 f"{manifest_path} is a `--deform-attn vita-plugin` export (our Triton-kernel TensorRT plugin), which "
-                f"needs datacenter TensorRT >= 10.9 with tensorrt.plugin: {why}. Re-export with `python "
-                "export/to_onnx.py --deform-attn native` to build with this TensorRT.", [], node_name="",
+                f"needs datacenter TensorRT >= 10.9 with tensorrt.plugin: {why}. Re-export with `vita-deploy "
+                "export --deform-attn native` to build with this TensorRT.", [], node_name="",
                 op_type=VITA_PLUGIN.op_type)
         register_vita_plugin()
         plugin_ops.remove(VITA_PLUGIN.op_type)
@@ -97,7 +97,7 @@ def build_from_manifest(manifest_path: str | Path, out_dir: str | Path | None = 
         raise PluginMissingError(
             f"{manifest_path} is a `--deform-attn {manifest.get('deform_attn')}` export whose graphs use "
             f"{', '.join(plugin_ops)}; TensorRT-RTX does not ship NVIDIA's plugin library, so it cannot build them: "
-            "re-export with `python export/to_onnx.py --deform-attn native` (or build with datacenter TensorRT).",
+            "re-export with `vita-deploy export --deform-attn native` (or build with datacenter TensorRT).",
             [], node_name="", op_type=plugin_ops[0])
     base = options or BuildOptions()
     export_dir = Path(manifest_path) if Path(manifest_path).is_dir() else Path(manifest_path).parent

@@ -1,7 +1,7 @@
-"""`python export/to_onnx.py`: export VITA's graphs to ONNX (frame detector, VITA head, mask-feature graph).
+"""`vita-deploy export`: export VITA's graphs to ONNX (frame detector, VITA head, mask-feature graph).
 
-    python export/to_onnx.py --config tiny --out-dir exports/tiny_native --deform-attn native
-    python export/to_onnx.py --config r50 --checkpoint model_final.pth --out-dir exports/r50 --precision fp16
+    vita-deploy export --config tiny --out-dir exports/tiny_native --deform-attn native
+    vita-deploy export --config r50 --checkpoint model_final.pth --out-dir exports/r50 --precision fp16
 
 Writes frame_detector.onnx, vita_head.onnx, mask_features.onnx (recompute mode) and manifest.json (I/O names,
 dtypes, symbolic dims with min/opt/max, opset, deformable-attention mode, precision, model config, checkpoint

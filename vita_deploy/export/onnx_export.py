@@ -301,10 +301,10 @@ def load_manifest(export_dir: str | Path, check_graphs: bool = False, require_co
     config must be there (the runtime builds the model's pre/post-processing from it; the engine builder does not)."""
     if not Path(export_dir).is_dir():
         raise ExportError(f"{export_dir} is not an export folder (it holds manifest.json and the ONNX files): pass "
-                          "the --out-dir of `python export/to_onnx.py`")
+                          "the --out-dir of `vita-deploy export`")
     path = Path(export_dir) / MANIFEST_FILE
     if not path.is_file():
-        raise ExportError(f"{path} does not exist: export first with `python export/to_onnx.py --out-dir "
+        raise ExportError(f"{path} does not exist: export first with `vita-deploy export --out-dir "
                           f"{Path(export_dir)}`")
     try:
         manifest = json.loads(path.read_text())

@@ -5,7 +5,7 @@ __all__ = ["Engine", "RuntimeMismatchError", "TensorSpec", "graphs_from_engines"
 
 
 def tensorrt_graphs(export_dir, device="cuda", use_cuda_graph: bool = False):
-    """(DetectorFn, VitaFn) from the engines built next to an export's ONNX files (`engines/build.py
+    """(DetectorFn, VitaFn) from the engines built next to an export's ONNX files (`vita-deploy build
     --manifest`), after checking that each engine was built from the ONNX the manifest names."""
     engines = _tensorrt_engines(export_dir, ("frame_detector", "vita_head"), use_cuda_graph)
     return graphs_from_engines(engines["frame_detector"], engines["vita_head"])
@@ -39,6 +39,6 @@ def _tensorrt_engines(export_dir, graphs, use_cuda_graph: bool = False):
         sidecar = engine.with_suffix(".engine.json")
         if sidecar.is_file() and json.loads(sidecar.read_text()).get("onnx_sha256") != info["sha256"]:
             raise RuntimeMismatchError(f"{engine} was built from a different {info['file']} than this export's: "
-                                       f"rebuild with `python engines/build.py --manifest {Path(export_dir) / 'manifest.json'}`")
+                                       f"rebuild with `vita-deploy build --manifest {Path(export_dir) / 'manifest.json'}`")
         engines[graph] = TensorRTEngine(engine, use_cuda_graph=use_cuda_graph)
     return engines

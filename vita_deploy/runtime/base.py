@@ -54,7 +54,7 @@ class Engine(ABC):
         if set(got_in) != set(inputs) or not set(outputs) <= set(got_out):
             raise RuntimeMismatchError(
                 f"{type(self).__name__} has inputs {got_in} and outputs {got_out}, expected inputs {inputs} and "
-                f"outputs {outputs}: re-export the graph with `python export/to_onnx.py` and rebuild the engine")
+                f"outputs {outputs}: re-export the graph with `vita-deploy export` and rebuild the engine")
 
 
 def graphs_from_engines(detector: Engine, vita: Engine) -> tuple[DetectorFn, VitaFn]:

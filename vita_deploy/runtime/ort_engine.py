@@ -21,7 +21,7 @@ class OrtEngine(Engine):
 
         path = Path(onnx_path)
         if not path.is_file():
-            raise RuntimeMismatchError(f"{path} does not exist: export it with `python export/to_onnx.py`")
+            raise RuntimeMismatchError(f"{path} does not exist: export it with `vita-deploy export`")
         self.device = torch.device(device)
         options = session_options
         if options is None:

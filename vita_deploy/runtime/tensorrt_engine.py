@@ -95,7 +95,7 @@ class TensorRTEngine(Engine):
         if self.engine is None:
             raise RuntimeMismatchError(
                 f"TensorRT {trt.__version__} could not deserialize {path}: engines are specific to the TensorRT "
-                "version and GPU they were built with; rebuild it here with `python engines/build.py --manifest ...`")
+                "version and GPU they were built with; rebuild it here with `vita-deploy build --manifest ...`")
         self.context = self.engine.create_execution_context()
         specs_in, specs_out = [], []
         for i in range(self.engine.num_io_tensors):
@@ -171,7 +171,7 @@ def check_sidecar(engine_path: Path, trt) -> None:
     """Refuse an engine whose sidecar says it was built by another TensorRT flavour or version."""
     sidecar = engine_path.with_suffix(engine_path.suffix + ".json")
     if not engine_path.is_file():
-        raise RuntimeMismatchError(f"engine {engine_path} does not exist: build it with `python engines/build.py`")
+        raise RuntimeMismatchError(f"engine {engine_path} does not exist: build it with `vita-deploy build`")
     if not sidecar.is_file():
         return
     meta = json.loads(sidecar.read_text())
@@ -180,4 +180,4 @@ def check_sidecar(engine_path: Path, trt) -> None:
     if built != (flavour, trt.__version__):
         raise RuntimeMismatchError(f"{engine_path} was built with {built[0]} {built[1]} but {flavour} "
                                    f"{trt.__version__} is installed: rebuild the engine with this TensorRT "
-                                   "(`python engines/build.py --manifest ...`)")
+                                   "(`vita-deploy build --manifest ...`)")

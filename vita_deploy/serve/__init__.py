@@ -1,6 +1,6 @@
 """Serving behind NVIDIA Triton Inference Server: a model repository per export (`repository`), the python-backend
 models it uses (`python_models`), the bundled pip-installable server on loopback (`server`), a client (`client`).
 
-    python -m vita_deploy.serve export-repo --export DIR --out REPO [--backend tensorrt|onnxruntime|python-ort]
-    python -m vita_deploy.serve run --repo REPO [--http-port 8000] [--grpc-port 8001]
+    vita-deploy serve export-repo --export DIR --out REPO [--backend tensorrt|onnxruntime|python-ort]
+    vita-deploy serve run --repo REPO [--http-port 8000] [--grpc-port 8001]
 """

@@ -1,4 +1,4 @@
-"""`python -m vita_deploy.serve export-repo|run ...` (see vita_deploy/serve/cli.py)."""
+"""`vita-deploy serve export-repo|run ...` (see vita_deploy/serve/cli.py)."""
 import sys
 
 from vita_deploy.serve.cli import main

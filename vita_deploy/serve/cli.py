@@ -1,11 +1,11 @@
 """Triton serving commands.
 
-    python -m vita_deploy.serve export-repo --export DIR --out REPO [--backend python-ort|onnxruntime|tensorrt]
+    vita-deploy serve export-repo --export DIR --out REPO [--backend python-ort|onnxruntime|tensorrt]
         writes a Triton model repository (frame_detector, vita_head, vita_video BLS) for one export; each
         config.pbtxt is validated against Triton's ModelConfig schema. An existing REPO needs --overwrite.
         python-ort runs with the pip-installed server (python backend only); onnxruntime/tensorrt need NVIDIA's
         tritonserver container (and vita_deploy installed in its Python for the vita_video BLS).
-    python -m vita_deploy.serve run --repo REPO [--http-port 8000] [--grpc-port 8001]
+    vita-deploy serve run --repo REPO [--http-port 8000] [--grpc-port 8001]
         runs the tritonserver bundled in the nvidia-pytriton wheel on 127.0.0.1 until Ctrl-C.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def build_parser(prog: str = "vita-deploy serve") -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export-repo", help="write a Triton model repository for an export")
-    e.add_argument("--export", required=True, type=cli.existing_dir, help="export folder (manifest.json) from `python export/to_onnx.py`")
+    e.add_argument("--export", required=True, type=cli.existing_dir, help="export folder (manifest.json) from `vita-deploy export`")
     e.add_argument("--out", required=True, help="model repository folder to write")
     e.add_argument("--backend", choices=BACKENDS, default="python-ort",
                    help="graph models: python-ort (python backend + ONNX Runtime, CPU; the pip-installed server), "

@@ -6,7 +6,7 @@
     REPO/vita_repository.json        what was exported from where (marks the folder as ours for --overwrite)
 
 Backends of the two graph models:
-- "tensorrt": `platform: "tensorrt_plan"`, the engines built next to the export (`engines/build.py --manifest`)
+- "tensorrt": `platform: "tensorrt_plan"`, the engines built next to the export (`vita-deploy build --manifest`)
   with datacenter TensorRT of the server container's version, on the GPU.
 - "onnxruntime": `platform: "onnxruntime_onnx"`, the ONNX files, on the GPU (NVIDIA's container).
 - "python-ort": python-backend models running the same ONNX files in ONNX Runtime on the CPU (the only one the
@@ -103,7 +103,7 @@ def _graph_io(manifest: dict, graph: str, batched: bool) -> tuple[list[str], lis
     names_out = tuple(t["name"] for t in info.get("outputs", []))
     if set(names_in) != set(expect_in) or not set(expect_out) <= set(names_out):
         raise RepositoryError(f"graph {graph} of the export has inputs {names_in} and outputs {names_out}, expected "
-                              f"{expect_in} -> {expect_out}: re-export with `python export/to_onnx.py`")
+                              f"{expect_in} -> {expect_out}: re-export with `vita-deploy export`")
     ins, outs = [], []
     for kind, specs, acc in (("input", info["inputs"], ins), ("output", info["outputs"], outs)):
         for t in specs:
@@ -213,7 +213,7 @@ def _graph_files(manifest: dict, export_dir: Path, graph: str, version_dir: Path
         from vita_deploy.engines.builder import sidecar_path
 
         engine = Path(options.engine_dir or export_dir) / (onnx_path.stem + ".engine")
-        fix = f"build it with `python engines/build.py --manifest {export_dir / 'manifest.json'}` (datacenter " \
+        fix = f"build it with `vita-deploy build --manifest {export_dir / 'manifest.json'}` (datacenter " \
               "TensorRT of the server container's version)"
         if not engine.is_file():
             raise RepositoryError(f"{engine} (the engine of {graph}) does not exist: {fix}")
@@ -271,7 +271,7 @@ def export_repository(export_dir: str | Path, out: str | Path, options: RepoOpti
     missing = {DETECTOR, VITA} - set(manifest["graphs"])
     if missing:
         raise RepositoryError(f"the export {export_dir} lacks the graph(s) {sorted(missing)}: export both with "
-                              "`python export/to_onnx.py`")
+                              "`vita-deploy export`")
     _check_out(export_dir, out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = environment(argv)
+    if prog is not None and argv is not None:  # `vita-deploy bench ...`: record that command, not this script's
+        env["command"] = " ".join([prog, *argv])
     results, memory = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for backend, precision in runs:

@@ -201,7 +201,7 @@ def run_live(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.backend == "tensorrt" and not args.device.startswith("cuda"):
         parser.error("TensorRT engines run on a CUDA GPU only: use --backend onnxruntime or torch on the CPU")
     if args.backend != "torch" and not args.export:
-        parser.error(f"--backend {args.backend} needs --export DIR (made by `python export/to_onnx.py`)")
+        parser.error(f"--backend {args.backend} needs --export DIR (made by `vita-deploy export`)")
     if args.amp and (args.backend != "torch" or not args.device.startswith("cuda")):
         parser.error("--amp is fp16 autocast of the eager model on CUDA (--backend torch --device cuda)")
     wcfg = WindowConfig(args.window, args.overlap, args.max_gap, args.match_threshold)

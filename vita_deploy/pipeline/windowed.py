@@ -114,7 +114,7 @@ def check_export_window(manifest: dict, window: int, path: str | Path | None = N
     if profile and window > int(profile["max"][0]):
         raise WindowError(f"--window {window} is longer than the {profile['max'][0]} frames the export's VITA graph "
                           "takes", path, f"pass --window {profile['max'][0]} or less, or re-export with "
-                          f"`python export/to_onnx.py --max-frames {window}` (and rebuild the engines)")
+                          f"`vita-deploy export --max-frames {window}` (and rebuild the engines)")
 
 
 # ---- association -------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vita_deploy import cli  # noqa: E402
+from vita_deploy.commands import cli  # noqa: E402
 from vita_deploy.config import canonical_config_name, config_names  # noqa: E402
 from vita_deploy.errors import InputError  # noqa: E402
 from vita_deploy.files import refuse_clobber  # noqa: E402

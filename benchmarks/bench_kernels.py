@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vita_deploy import cli  # noqa: E402
+from vita_deploy.commands import cli  # noqa: E402
 from vita_deploy.benchmark import environment  # noqa: E402
 from vita_deploy.files import atomic_write_text  # noqa: E402
 from vita_deploy.modeling.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather  # noqa: E402

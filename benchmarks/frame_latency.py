@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vita_deploy import cli  # noqa: E402
+from vita_deploy.commands import cli  # noqa: E402
 from vita_deploy.config import canonical_config_name, config_names, get_config  # noqa: E402
 from vita_deploy.modeling.model import build_model  # noqa: E402
 from vita_deploy.pipeline.preprocess import padded_size, shortest_edge_size  # noqa: E402

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vita_deploy import cli  # noqa: E402
+from vita_deploy.commands import cli  # noqa: E402
 from vita_deploy.benchmark import environment, write_rows  # noqa: E402
 from vita_deploy.config import canonical_config_name, config_names, get_config  # noqa: E402
 from vita_deploy.export import ExportOptions, export_model, load_manifest  # noqa: E402

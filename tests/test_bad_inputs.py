@@ -1,7 +1,7 @@
 """A corpus of bad inputs to every command: each must exit with code 2, print no traceback, name the problem,
 and leave every input file byte-identical (sha256 before/after).
 
-Each case calls the command's `main(argv)` in-process (every main runs inside `vita_deploy.cli`'s error
+Each case calls the command's `main(argv)` in-process (every main runs inside `vita_deploy.commands.cli`'s error
 boundary, which returns argparse's exit code 2 as well); `test_exit_code_end_to_end` runs a few as real
 processes. All cases share one workspace (one tiny export, one checkpoint, small clips, a 2+2-video synthetic dataset) built once per
 session; a case that needs a file it might destroy gets its own copy in its case folder.
@@ -267,11 +267,12 @@ _DROP = object()
 # ---- the corpus ----------------------------------------------------------------------------------------------
 
 COMMANDS = {  # name -> module, or a script path relative to the repository root
-    "infer": "vita_deploy.infer", "export": "vita_deploy.export.cli", "build": "engines/build.py",
-    "verify": "vita_deploy.verify", "evaluate": "vita_deploy.evaluate", "train": "vita_deploy.train",
+    "infer": "vita_deploy.commands.infer", "export": "vita_deploy.commands.export", "build": "engines/build.py",
+    "verify": "vita_deploy.commands.verify", "evaluate": "vita_deploy.commands.evaluate",
+    "train": "vita_deploy.commands.train",
     "synthetic": "vita_deploy.data.synthetic", "bench": "benchmarks/bench.py",
     "bench_kernels": "benchmarks/bench_kernels.py", "frame_latency": "benchmarks/frame_latency.py",
-    "demo": "vita_deploy.demo",
+    "demo": "vita_deploy.commands.demo",
 }
 
 
@@ -760,13 +761,14 @@ if pytest is not None:
         assert seconds < 60, f"took {seconds:.1f} s"
 
     @pytest.mark.parametrize("cmd,argv,expect", [
-        (["-m", "vita_deploy.infer"], lambda ws, d: [(v := _copy(ws.clip, d)), "--json", v], r"input"),
-        (["-m", "vita_deploy.evaluate"], lambda ws, d: ["--gt", ws.p("data/valid.json"), "--results",
+        (["-m", "vita_deploy.commands.infer"], lambda ws, d: [(v := _copy(ws.clip, d)), "--json", v], r"input"),
+        (["-m", "vita_deploy.commands.evaluate"], lambda ws, d: ["--gt", ws.p("data/valid.json"), "--results",
                                                         ws.p("bad/res_rle_garbage_counts.json")], r"counts"),
         (["engines/build.py"], lambda ws, d: ["--onnx", ws.p("bad/truncated.onnx"), "--saveEngine",
                                               str(d / "m.engine")], r"truncated\.onnx"),
-        (["-m", "vita_deploy.train"], lambda ws, d: _train(ws, d, "--iters", "-5"), r"at least 1"),
-        (["-m", "vita_deploy.verify"], lambda ws, d: ["--export", ws.p("export"), "--device", "cuda"], CUDA_MSG),
+        (["-m", "vita_deploy.commands.train"], lambda ws, d: _train(ws, d, "--iters", "-5"), r"at least 1"),
+        (["-m", "vita_deploy.commands.verify"], lambda ws, d: ["--export", ws.p("export"), "--device", "cuda"],
+         CUDA_MSG),
     ], ids=["infer-json-is-video", "evaluate-garbage-rle", "build-truncated-onnx", "train-iters", "verify-cuda"])
     def test_exit_code_end_to_end(cmd, argv, expect, workspace: Workspace, tmp_path: Path) -> None:
         """The real process: exit code 2, one error line on stderr, no traceback."""
@@ -784,7 +786,7 @@ if pytest is not None:
 
     def test_boundary_keeps_the_traceback_of_a_bug(capsys) -> None:
         """A real bug is not dressed up as bad input: traceback, a hint to report it, exit code 1."""
-        from vita_deploy.cli import command
+        from vita_deploy.commands.cli import command
 
         @command
         def buggy(argv):

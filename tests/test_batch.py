@@ -2,7 +2,7 @@
 
 The command runs as a subprocess inside a loopback-only network namespace (`unshare -n`, `lo` up), because a Ray
 node listens on all interfaces; its local cluster starts and stops inside that process. Per-video results must
-equal the single-process `python -m vita_deploy.infer` on the same video; --resume skips finished videos; the bad
+equal the single-process `vita-deploy infer` on the same video; --resume skips finished videos; the bad
 video is reported (exit code 2) while the others finish.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("ray", reason="ray[data] is in the [batch] extra (make install-dev)")
 
-from vita_deploy import infer  # noqa: E402
+from vita_deploy.commands import infer  # noqa: E402
 from vita_deploy.batch import list_videos  # noqa: E402
 from vita_deploy.data.synthetic import make_video  # noqa: E402
 from vita_deploy.errors import InputError  # noqa: E402

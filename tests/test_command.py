@@ -33,7 +33,8 @@ def test_help_lists_the_workflow_in_order_without_importing_torch() -> None:
     code = ("import runpy, sys; sys.argv = ['vita-deploy', '--help']\n"
             "try: runpy.run_module('vita_deploy', run_name='__main__')\n"
             "except SystemExit as e: print('exit', e.code)\n"
-            "light = {'vita_deploy', 'vita_deploy.__main__', 'vita_deploy.cli', 'vita_deploy.errors'}\n"
+            "light = {'vita_deploy', 'vita_deploy.__main__', 'vita_deploy.commands', 'vita_deploy.commands.cli',\n"
+            "         'vita_deploy.errors'}\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'onnx', 'cv2') "
             "or m.startswith('vita_deploy') and m not in light)\n"
             "print('heavy', heavy)")
@@ -90,7 +91,7 @@ def test_arguments_reach_the_command(tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv, prog", [
     (["engines/build.py", "--help"], "engines/build.py"),
     (["export/to_onnx.py", "--help"], "export/to_onnx.py"),
-    (["-m", "vita_deploy.infer", "--help"], "python -m vita_deploy.infer"),
+    (["-m", "vita_deploy.commands.infer", "--help"], "python -m vita_deploy.commands.infer"),
 ])
 def test_old_entry_points_still_work(argv: list[str], prog: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))  # a checkout run without installing (the scripts' own case)

@@ -29,7 +29,7 @@ from scipy.optimize import linear_sum_assignment
 from vita_deploy.config import get_config
 from vita_deploy.export import ExportError, ExportOptions, export_model, load_manifest
 from vita_deploy.runtime.ort_export import ort_engine, ort_graphs
-from vita_deploy.export.cli import main as cli_main
+from vita_deploy.commands.export import main as cli_main
 from vita_deploy.export.plugin import PLUGIN_OP, with_plugin_function
 from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
 from vita_deploy.pipeline.inference import eager_graphs, run_video
@@ -182,7 +182,7 @@ def test_tiny_fp32_parity_trained_weights(tmp_path):
     # Video parity on labelled synthetic videos (a seed disjoint from training): matched mask IoU and AP.
     import json
 
-    from vita_deploy import verify
+    from vita_deploy.commands import verify
     from vita_deploy.data.synthetic import generate_split
     generate_split(tmp_path / "data", "valid", 4, seed=4242, progress=False)
     report = tmp_path / "report.json"

@@ -101,7 +101,7 @@ def test_infer_cli_on_frame_folder_and_mp4(tmp_path, tiny):
     for f in frames:
         writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     writer.release()
-    from vita_deploy import infer
+    from vita_deploy.commands import infer
     for src in (folder, mp4):
         out = tmp_path / f"{src.stem}.json"
         assert infer.main([str(src), "--config", "tiny", "--json", str(out), "--device", "cpu"]) == 0
@@ -110,7 +110,7 @@ def test_infer_cli_on_frame_folder_and_mp4(tmp_path, tiny):
 
 
 def test_infer_cli_clear_errors(tmp_path, capsys):
-    from vita_deploy import infer
+    from vita_deploy.commands import infer
     assert infer.main([str(tmp_path / "missing.mp4"), "--config", "tiny"]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.mp4"
@@ -125,7 +125,7 @@ def test_infer_cli_clear_errors(tmp_path, capsys):
 def test_amp_off_cuda_is_refused_not_run_in_fp32(tmp_path, tiny, capsys):
     with pytest.raises(ValueError, match="CUDA only"):
         eager_graphs(tiny, amp=True)[0](torch.zeros(1, 3, 64, 64))
-    from vita_deploy import infer
+    from vita_deploy.commands import infer
     folder = tmp_path / "frames"
     folder.mkdir()
     cv2.imwrite(str(folder / "00000.png"), np.zeros((64, 96, 3), np.uint8))

@@ -60,7 +60,7 @@ def installed(tmp_path_factory) -> dict:
     assert r.returncode == 0
     (wheel,) = (tmp / "dist").glob("vita_deploy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "vita_deploy/assets/vita_tiny_synthetic.pth" in names and "vita_deploy/engines/cli.py" in names
+    assert "vita_deploy/assets/vita_tiny_synthetic.pth" in names and "vita_deploy/commands/build.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/", "engines/", "export/")) for n in names), names
 
     venv = tmp / "venv"

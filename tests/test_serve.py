@@ -27,7 +27,7 @@ from vita_deploy.data.synthetic import make_video  # noqa: E402
 from vita_deploy.export.onnx_export import load_manifest  # noqa: E402
 from vita_deploy.pipeline.inference import run_video  # noqa: E402
 from vita_deploy.runtime.ort_export import ort_graphs  # noqa: E402
-from vita_deploy.serve import cli as serve_cli  # noqa: E402
+from vita_deploy.commands import serve as serve_cli  # noqa: E402
 from vita_deploy.serve.client import connect, infer_video  # noqa: E402
 from vita_deploy.serve.repository import MARKER, RepoOptions, RepositoryError, export_repository  # noqa: E402
 from vita_deploy.serve.server import ServerError, TritonServer, tritonserver_binary  # noqa: E402

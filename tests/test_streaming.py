@@ -277,7 +277,7 @@ def test_streamed_2000_frames_under_a_fixed_memory_bound(random_tiny):
 def test_infer_cli_features_flag(tmp_path):
     import json
 
-    from vita_deploy import infer
+    from vita_deploy.commands import infer
     folder = _write_folder(tmp_path / "frames", _frames(6, 64, 96))
     out = {}
     for mode in ("keep", "recompute", "auto"):
@@ -356,7 +356,7 @@ def test_sink_needs_a_source_that_reads_twice(random_tiny):
 
 
 def test_infer_cli_renders_the_same_mp4_in_both_modes(tmp_path):
-    from vita_deploy import infer
+    from vita_deploy.commands import infer
     from vita_deploy.pipeline.render import VideoRenderer
 
     mp4 = _write_mp4(tmp_path / "clip.mp4", _frames(13))
@@ -411,7 +411,7 @@ def test_mask_feature_graph_ort_parity_recompute_and_verify(mask_features_export
     import json
 
     from test_export import random_model
-    from vita_deploy import verify
+    from vita_deploy.commands import verify
     from vita_deploy.export import load_manifest
     from vita_deploy.modeling.checkpoint import save_checkpoint
     from vita_deploy.runtime.ort_export import ort_mask_features

@@ -23,7 +23,7 @@ REASON = _tensorrt_can_execute()
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")
 def test_tensorrt_engines_match_eager(tmp_path):
     from test_export import exported, random_model
-    from vita_deploy import verify
+    from vita_deploy.commands import verify
     from vita_deploy.engines.manifest import build_from_manifest
     from vita_deploy.modeling.checkpoint import save_checkpoint
 

@@ -71,7 +71,7 @@ def test_optimizer_groups_and_schedule(data, tmp_path):
 
 
 def test_cli_schedule_flags_reach_the_optimizer(data, tmp_path):
-    from vita_deploy.train import parse_args
+    from vita_deploy.commands.train import parse_args
     cfg, resume = parse_args(["--data", str(data), "--out", str(tmp_path), "--lr", "1e-3",
                               "--backbone-lr-mult", "1.0", "--warmup-iters", "100"])
     assert resume is None and (cfg.backbone_lr_mult, cfg.warmup_iters) == (1.0, 100)
@@ -89,7 +89,7 @@ def test_ddp_with_two_cpu_processes(data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "vita_deploy.train", "--data", str(data), "--out", str(out), "--iters", "3", "--batch-size", "1",
+           "-m", "vita_deploy", "train", "--data", str(data), "--out", str(out), "--iters", "3", "--batch-size", "1",
            "--num-frames", "2", "--num-points", "128", "--eval-every", "0", "--workers", "0", "--device", "cpu",
            "--log-every", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -101,7 +101,7 @@ def test_ddp_with_two_cpu_processes(data, tmp_path):
 
 
 def test_bad_data_folder_is_a_clear_error(tmp_path, capsys):
-    from vita_deploy import train
+    from vita_deploy.commands import train
     assert train.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--iters", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -112,7 +112,7 @@ def test_train_defaults_are_the_configs_official_recipe(config, iters, steps, fr
                                                         monkeypatch):
     """Written from the official yamls (SOLVER / INPUT of configs/<dataset>/vita_*_bs8.yaml), not from our configs."""
     from vita_deploy.data.dataset import ClipAugmentation
-    from vita_deploy.train import parse_args
+    from vita_deploy.commands.train import parse_args
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # IMS_PER_BATCH 8 is all processes together
     cfg, _ = parse_args(["--data", str(data), "--out", str(tmp_path), "--config", config])

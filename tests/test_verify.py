@@ -1,10 +1,10 @@
-"""`python -m vita_deploy.verify`: parity table of an ONNX export against the eager model, and its refusals."""
+"""`vita-deploy verify`: parity table of an ONNX export against the eager model, and its refusals."""
 from __future__ import annotations
 
 import json
 
 from test_export import exported, random_model
-from vita_deploy import verify
+from vita_deploy.commands import verify
 from vita_deploy.data.synthetic import generate_split
 from vita_deploy.modeling.checkpoint import save_checkpoint
 
@@ -37,11 +37,11 @@ def test_verify_refuses_other_weights(tmp_path, capsys):
 
 
 def test_infer_cli_on_the_onnxruntime_backend(tmp_path, capsys):
-    """`python -m vita_deploy.infer VIDEO --backend onnxruntime --export DIR` gives the eager result."""
+    """`python -m vita_deploy.commands.infer VIDEO --backend onnxruntime --export DIR` gives the eager result."""
     import cv2
     import numpy as np
 
-    from vita_deploy import infer
+    from vita_deploy.commands import infer
     rng = np.random.default_rng(0)
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -17,7 +17,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from vita_deploy import infer
+from vita_deploy.commands import infer
 from vita_deploy.config import get_config
 from vita_deploy.data.synthetic import make_video
 from vita_deploy.pipeline.inference import eager_graphs, encode_masks, run_video
@@ -167,7 +167,7 @@ def test_frame_reader_drop_late_counts_and_keeps_order():
 
 
 def _infer_cmd(*args):
-    return [sys.executable, "-m", "vita_deploy.infer", *map(str, args)]
+    return [sys.executable, "-m", "vita_deploy.commands.infer", *map(str, args)]
 
 
 def _env():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vita_deploy import evaluate as evaluate_cli
+from vita_deploy.commands import evaluate as evaluate_cli
 from vita_deploy.data.ytvis_json import YTVISFormatError
 from vita_deploy.evaluation import YTVISResultsError, evaluate_ytvis, video_iou
 

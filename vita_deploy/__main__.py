@@ -13,16 +13,16 @@ from pathlib import Path
 # (name, module of its main, one line of help), in workflow order.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("data", "vita_deploy.data.synthetic", "write a synthetic YouTube-VIS dataset (train/valid splits)"),
-    ("train", "vita_deploy.train", "train VITA on a YouTube-VIS folder (or --resume a run)"),
-    ("evaluate", "vita_deploy.evaluate", "YouTube-VIS AP of a results JSON against the ground truth"),
-    ("export", "vita_deploy.export.cli", "export the model's graphs to ONNX (manifest.json with shapes)"),
-    ("build", "vita_deploy.engines.cli", "build TensorRT engines from ONNX (trtexec flags: --onnx, --manifest)"),
-    ("infer", "vita_deploy.infer", "segment a video: YouTube-VIS JSON and a rendered mp4"),
-    ("verify", "vita_deploy.verify", "check an export's / engines' outputs against the eager PyTorch model"),
+    ("train", "vita_deploy.commands.train", "train VITA on a YouTube-VIS folder (or --resume a run)"),
+    ("evaluate", "vita_deploy.commands.evaluate", "YouTube-VIS AP of a results JSON against the ground truth"),
+    ("export", "vita_deploy.commands.export", "export the model's graphs to ONNX (manifest.json with shapes)"),
+    ("build", "vita_deploy.commands.build", "build TensorRT engines from ONNX (trtexec flags: --onnx, --manifest)"),
+    ("infer", "vita_deploy.commands.infer", "segment a video: YouTube-VIS JSON and a rendered mp4"),
+    ("verify", "vita_deploy.commands.verify", "check an export's / engines' outputs against the eager PyTorch model"),
     ("bench", "benchmarks/bench.py", "fps and latency per stage and backend (from a source checkout)"),
-    ("serve", "vita_deploy.serve.cli", "serve an export behind NVIDIA Triton Inference Server"),
+    ("serve", "vita_deploy.commands.serve", "serve an export behind NVIDIA Triton Inference Server"),
     ("batch", "vita_deploy.batch", "segment many videos on a Ray cluster"),
-    ("demo", "vita_deploy.demo", "the whole job on the shipped tiny model and synthetic videos"),
+    ("demo", "vita_deploy.commands.demo", "the whole job on the shipped tiny model and synthetic videos"),
 )
 PROG = "vita-deploy"
 
@@ -95,7 +95,7 @@ def _dispatch(argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vita-deploy` console script; returns the exit code (argparse's exits included)."""
-    from vita_deploy.cli import run_main
+    from vita_deploy.commands.cli import run_main
 
     return run_main(_dispatch, argv)
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.errors import InputError
 from vita_deploy.files import atomic_write_text, prepare_output_dir
 from vita_deploy.pipeline.video_io import IMAGE_SUFFIXES
@@ -104,13 +104,13 @@ class VideoPredictor:
 
             self.model = load_model(checkpoint, config).to(device)
         else:  # sessions/engines are made once per actor, not per video (infer_file makes them per call)
-            from vita_deploy.infer import backend_graphs, backend_mask_features
+            from vita_deploy.commands.infer import backend_graphs, backend_mask_features
 
             self.graphs = backend_graphs(backend, export, device)
             self.mask_features = backend_mask_features(backend, export, device)
 
     def predict(self, path: str):
-        from vita_deploy.infer import infer_file
+        from vita_deploy.commands.infer import infer_file
         from vita_deploy.pipeline.inference import run_video
         from vita_deploy.pipeline.video_io import open_video
 

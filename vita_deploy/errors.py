@@ -1,4 +1,4 @@
-"""The base of the project's bad-input errors: the CLI boundary (`vita_deploy.cli`) prints them and exits 2.
+"""The base of the project's bad-input errors: the CLI boundary (`vita_deploy.commands.cli`) prints them and exits 2.
 
 Rooms with their own error types (CheckpointError, VideoReadError, ExportError, ...) keep them; new checks
 that have no room of their own raise `InputError(what, path, fix)`.

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.config import SYNTHETIC_CLASSES
 from vita_deploy.errors import OutputClobberError
 

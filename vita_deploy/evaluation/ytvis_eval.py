@@ -70,7 +70,7 @@ def _read_results(results: str | Path | list) -> list:
         return results
     path = Path(results)
     if not path.is_file():
-        raise YTVISResultsError(f"{path} does not exist: pass the results JSON written by vita_deploy.infer")
+        raise YTVISResultsError(f"{path} does not exist: pass the results JSON written by `vita-deploy infer`")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -1,6 +1,6 @@
-"""`vita-deploy serve export-repo|run ...` (see vita_deploy/serve/cli.py)."""
+"""`vita-deploy serve export-repo|run ...` (see vita_deploy/commands/serve.py)."""
 import sys
 
-from vita_deploy.serve.cli import main
+from vita_deploy.commands.serve import main
 
 sys.exit(main(prog="python -m vita_deploy.serve"))

@@ -158,7 +158,7 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         data = _torch_load(Path(path))
         if "optimizer" not in data or "iteration" not in data:
-            raise CheckpointError(f"{path} is not a training checkpoint of vita_deploy.train (no optimizer state); "
+            raise CheckpointError(f"{path} is not a training checkpoint of `vita-deploy train` (no optimizer state); "
                                   "use it as --init weights instead")
         load_state_dict_checked(self.model, data["model"], str(path))
         self.optimizer.load_state_dict(data["optimizer"])

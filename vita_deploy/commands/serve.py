@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.serve.repository import BACKENDS, RepoOptions, export_repository
 from vita_deploy.serve.server import TritonServer
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.evaluation import evaluate_ytvis, format_metrics
 from vita_deploy.files import atomic_write_text, refuse_clobber
 
@@ -40,4 +40,4 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy evaluate") -> i
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m vita_deploy.evaluate"))
+    sys.exit(main(prog="python -m vita_deploy.commands.evaluate"))

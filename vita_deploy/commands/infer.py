@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from vita_deploy.config import canonical_config_name, config_names, get_config
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.pipeline.inference import (FEATURE_MODES, FrameSink, VideoPrediction, eager_graphs, eager_mask_features,
                                    run_video)
 from vita_deploy.errors import InputError
@@ -273,4 +273,4 @@ def run_live(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m vita_deploy.infer"))
+    sys.exit(main(prog="python -m vita_deploy.commands.infer"))

@@ -18,7 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.engines import (BuildOptions, EngineBuildError, build_engine, build_from_manifest,
                                  combine_shape_flags, parse_mem_pool_size, read_manifest)
 from vita_deploy.engines.builder import sidecar_path

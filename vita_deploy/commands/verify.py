@@ -21,7 +21,7 @@ import torch
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.data.ytvis_json import load_ytvis_json
 from vita_deploy.errors import InputError
 from vita_deploy.evaluation.ytvis_eval import evaluate_ytvis, video_iou
@@ -184,4 +184,4 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m vita_deploy.verify"))
+    sys.exit(main(prog="python -m vita_deploy.commands.verify"))

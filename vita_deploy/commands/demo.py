@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.data.synthetic import generate_split
 from vita_deploy.errors import OutputClobberError
 from vita_deploy.data.ytvis_json import load_ytvis_json
@@ -80,4 +80,4 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy demo") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m vita_deploy.demo"))
+    sys.exit(main(prog="python -m vita_deploy.commands.demo"))

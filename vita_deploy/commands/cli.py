@@ -1,6 +1,6 @@
 """The one error boundary of every command, and the argparse types they share.
 
-    from vita_deploy.cli import command
+    from vita_deploy.commands.cli import command
 
     @command
     def main(argv: list[str] | None = None) -> int: ...

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.config import canonical_config_name, config_names
 from vita_deploy.export.onnx_export import (DEFORM_ATTN_MODES, DETECTOR_FILE, GRAPHS, MANIFEST_FILE,
                                             MASK_FEATURES_FILE, VITA_FILE, ExportOptions, export_model)

@@ -2,7 +2,7 @@
 
 DIR is a YouTube-VIS folder: `train.json` + `train/JPEGImages/` (and optionally `valid.json` +
 `valid/JPEGImages/` with annotations, for periodic evaluation), e.g. from `vita-deploy data`.
-Multi-GPU (or multi-process CPU with gloo): `torchrun --nproc_per_node N -m vita_deploy.train ...`.
+Multi-GPU (or multi-process CPU with gloo): `torchrun --nproc_per_node N -m vita_deploy train ...`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from vita_deploy import cli
+from vita_deploy.commands import cli
 from vita_deploy.config import canonical_config_name, config_names, get_config
 from vita_deploy.errors import InputError
 from vita_deploy.files import prepare_output_dir
@@ -119,4 +119,4 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy train") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m vita_deploy.train"))
+    sys.exit(main(prog="python -m vita_deploy.commands.train"))

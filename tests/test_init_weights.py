@@ -198,6 +198,13 @@ def test_msra_r50_pkl(tmp_path):
     b = "frame_detector.backbone."
     assert sorted(report.loaded) == sorted(k for k in ours if k.startswith(b))
     np.testing.assert_array_equal(ours[b + "stem.conv1.norm.weight"].numpy(), blobs["res_conv1_bn_s"])
+    # MSRA input is BGR minus the mean (std 1); ours RGB / pixel_std: same first-layer output on any image
+    rgb = torch.rand(1, 3, 9, 9, dtype=torch.float64) * 255
+    mean = torch.tensor(TINY.input.pixel_mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(TINY.input.pixel_std, dtype=torch.float64).view(1, 3, 1, 1)
+    theirs = torch.nn.functional.conv2d((rgb - mean).flip(1), torch.from_numpy(blobs["conv1_w"]).double())
+    mine = torch.nn.functional.conv2d((rgb - mean) / std, ours[b + "stem.conv1.weight"].double())
+    torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(ours[b + "res3.0.conv1.weight"].numpy(), blobs["res3_0_branch2a_w"])
     np.testing.assert_array_equal(ours[b + "res5.0.shortcut.norm.bias"].numpy(), blobs["res5_0_branch1_bn_b"])
     np.testing.assert_array_equal(ours[b + "res4.0.conv3.norm.weight"].numpy(), blobs["res4_0_branch2c_bn_s"])

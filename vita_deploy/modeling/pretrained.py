@@ -163,8 +163,13 @@ def _msra_resnet_key(key: str) -> str | None:
     return key
 
 
-def to_our_keys(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """(weights under our model's keys, the file's keys that carry nothing we use)."""
+def to_our_keys(state: dict[str, torch.Tensor], source: str, pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+                ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(weights under our model's keys, the file's keys that carry nothing we use).
+
+    MSRA ResNets take BGR pixels minus the mean, not divided by a std (detectron2: PIXEL_STD 1, FORMAT BGR);
+    our input is RGB divided by `pixel_std`, so their first convolution's input channels are reversed and
+    scaled by `pixel_std` (the same mean, in the other order)."""
     converted: dict[str, torch.Tensor] = {}
     unused: list[str] = []
     for key, value in state.items():
@@ -188,7 +193,12 @@ def to_our_keys(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, 
             unused.append(key)
         else:
             converted[ours] = value
-    if source == "msra-resnet":  # BN folded into scale/bias: the statistics are the identity (mean 0, var 1)
+    if source == "msra-resnet":
+        stem = "frame_detector.backbone.stem.conv1.weight"
+        if stem in converted and converted[stem].shape[1] == 3:  # BGR, std 1 -> RGB, / pixel_std
+            std = torch.tensor(pixel_std, dtype=converted[stem].dtype).view(1, 3, 1, 1)
+            converted[stem] = converted[stem].flip(1) * std
+        # BN folded into scale/bias: the statistics are the identity (mean 0, var 1)
         for key, value in list(converted.items()):
             if key.endswith(".norm.weight"):
                 base = key[: -len("weight")]
@@ -226,7 +236,7 @@ def init_from_weights(model: VitaModel, path: str | Path) -> InitReport:
     """Copy the weights of `path` that fit `model` into it (in place); see the module docstring."""
     state, data = read_weights(path)
     source = detect_source(state, data)
-    converted, unused = to_our_keys(state, source)
+    converted, unused = to_our_keys(state, source, model.cfg.input.pixel_std)
     report = InitReport(source=source, path=str(path), unused=sorted(unused))
     same_classes = True
     if source == "vita-deploy":

@@ -157,3 +157,12 @@ def test_run_video_spilling_to_disk_gives_same_result(tiny, tmp_path):
     b = run_video(frames, det, vita, tiny.cfg, host_budget_mb=0.0, spill_dir=str(tmp_path))
     assert a.scores == b.scores and a.labels == b.labels and a.segmentations == b.segmentations
     assert {"decode", "preprocess", "detector", "vita", "postprocess"} <= set(a.timings)
+
+
+def test_keep_mode_shows_the_vita_and_mask_stage(tiny, capsys):
+    """After the detector bar, keep mode's VITA + post-processing has a bar of its own (no silent seconds)."""
+    det, vita = eager_graphs(tiny)
+    pred = run_video(_frames(5), det, vita, tiny.cfg, features="keep", progress=True, num_frames=5)
+    err = capsys.readouterr().err
+    assert pred.features_mode == "keep"
+    assert err.index("frame detector") < err.index("VITA + masks") and "5/5" in err.split("VITA + masks")[-1]

@@ -143,20 +143,46 @@ class VideoPredictor:
         return {k: np.asarray(v, dtype=object if k != "video_id" else np.int64) for k, v in out.items()}
 
 
-def _init_ray(address: str | None, num_cpus: int | None):
+def _quiet_ray() -> None:
+    """Keep Ray's start-up chatter (token authentication, "Failed to determine local IP via external
+    connectivity", progress-bar tips) off the user's terminal: only errors of Ray's loggers are shown."""
     import logging
 
-    import ray
+    for name in ("ray", "ray.data", "ray._private", "ray.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
+
+def _init_ray(ray, address: str | None, num_cpus: int | None) -> None:
+    import logging
+
+    _quiet_ray()
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES,
-                 include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+                 include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    _quiet_ray()  # ray.init configures its loggers again
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver shows one bar over videos
     ctx.print_on_execution_start = False
-    return ray
+
+
+def write_index(out: Path, jobs: list[VideoJob], failed: dict[int, str], with_results: bool) -> None:
+    """DIR/videos.json (video_id -> path, status, per-video JSON) from what is on disk now; with
+    `with_results` also DIR/results.json (all finished videos' results in one list)."""
+    videos_dir = out / "videos"
+    results, index = [], []
+    for j in jobs:
+        per_video = videos_dir / f"{j.name}.json"
+        if j.video_id not in failed and per_video.is_file():
+            if with_results:
+                results += json.loads(per_video.read_text())["results"]
+            index.append({"video_id": j.video_id, "video": j.path, "status": "ok", "json": f"videos/{j.name}.json"})
+        else:
+            index.append({"video_id": j.video_id, "video": j.path, "status": failed.get(j.video_id, "not run")})
+    if with_results:
+        atomic_write_text(out / "results.json", json.dumps(results))
+    atomic_write_text(out / "videos.json", json.dumps(index, indent=1))
 
 
 def run_batch(jobs: list[VideoJob], out: Path, *, backend: str = "torch", export: str | None = None,
@@ -175,10 +201,13 @@ def run_batch(jobs: list[VideoJob], out: Path, *, backend: str = "torch", export
     failed: dict[int, str] = {}
     start = time.perf_counter()
     ray_init_s = None
+    write_index(out, jobs, failed, with_results=True)  # from the start, never a previous run's list
     if todo:
-        ray = _init_ray(address, num_cpus)
-        ray_init_s = time.perf_counter() - start
-        try:
+        import ray
+
+        try:  # ray.init inside: an interrupt during start-up still shuts the local cluster down
+            _init_ray(ray, address, num_cpus)
+            ray_init_s = time.perf_counter() - start
             ds = ray.data.from_items([{"path": j.path, "video_id": j.video_id} for j in todo],
                                      override_num_blocks=len(todo))
             ds = ds.map_batches(VideoPredictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
@@ -194,21 +223,13 @@ def run_batch(jobs: list[VideoJob], out: Path, *, backend: str = "torch", export
                 else:
                     failed[job.video_id] = row["status"]
                     bar.write(f"error: {job.path}: {row['status']}", file=sys.stderr)
+                write_index(out, jobs, failed, with_results=False)  # this video's status, as it completes
                 bar.update(1)
                 bar.set_postfix(failed=len(failed))
             bar.close()
         finally:
             ray.shutdown()
-    results, index = [], []
-    for j in jobs:
-        per_video = videos_dir / f"{j.name}.json"
-        if j.video_id not in failed and per_video.is_file():
-            results += json.loads(per_video.read_text())["results"]
-            index.append({"video_id": j.video_id, "video": j.path, "status": "ok", "json": f"videos/{j.name}.json"})
-        else:
-            index.append({"video_id": j.video_id, "video": j.path, "status": failed.get(j.video_id, "not run")})
-    atomic_write_text(out / "results.json", json.dumps(results))
-    atomic_write_text(out / "videos.json", json.dumps(index, indent=1))
+    write_index(out, jobs, failed, with_results=True)
     return {"done": len(todo) - len(failed), "skipped": len(done),
             "failed": {by_id[i].path: e for i, e in failed.items()}, "seconds": time.perf_counter() - start,
             "ray_init_s": ray_init_s}
@@ -243,9 +264,9 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy batch") -> int:
     jobs = list_videos(a.videos)
     out = prepare_output_dir(a.out, resume=a.resume, overwrite=a.overwrite, what="--out folder",
                              inputs={"VIDEOS": a.videos, "--export": a.export})
-    if a.overwrite:
-        for f in (out / "videos").glob("*.json"):
-            f.unlink()
+    if a.overwrite:  # nothing of the previous run may look done if this one is interrupted
+        for f in [*(out / "videos").glob("*.json"), out / "results.json", out / "videos.json"]:
+            f.unlink(missing_ok=True)
     device = "cuda" if a.gpus_per_actor else "cpu"
     summary = run_batch(jobs, out, backend=a.backend, export=a.export, checkpoint=a.checkpoint, config=a.config,
                         device=device, actors=a.actors, cpus_per_actor=a.cpus_per_actor,

@@ -19,24 +19,60 @@ from vita_deploy.errors import OutputClobberError
 PathLike = str | Path
 
 
+def umask_mode(executable: bool = False) -> int:
+    """The mode a new file gets under the current umask (0o666, or 0o777 for executables, minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if executable else 0o666) & ~umask
+
+
+def temp_file_for(path: PathLike, suffix: str = ".tmp") -> str:
+    """A new empty hidden file next to `path` (same folder, so a rename onto `path` is atomic).
+
+    An OSError names `path`, the file the user asked for, not the hidden temporary name."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    os.close(fd)
+    return tmp
+
+
+def publish(tmp: PathLike, path: PathLike) -> Path:
+    """Give the finished temporary file `tmp` the umask's mode (mkstemp makes 0600) and rename it onto `path`;
+    an OSError names `path`."""
+    try:
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    return Path(path)
+
+
 def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
     """Call write(tmp_path) then rename onto `path`, so a crash never leaves a half-written file.
 
     The temp file lives in `path`'s folder (the rename is atomic there); it gets the usual umask permissions.
+    OSErrors name `path` (what the user gave), never the hidden temporary file.
     """
     path = Path(path)
     if path.is_dir():
         raise OutputClobberError("the output is an existing folder, not a file", path,
                                  "pass a file name (e.g. inside that folder)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    tmp = temp_file_for(path)
+    try:
+        try:
+            write(tmp)
+        except OSError as e:
+            if e.filename is not None and os.fspath(e.filename) == tmp:
+                raise OSError(e.errno, e.strerror, str(path)) from None
+            raise
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

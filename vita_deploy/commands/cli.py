@@ -40,6 +40,7 @@ _ERROR_TYPES = {
     "vita_deploy.runtime.base": ("RuntimeMismatchError",),
     "vita_deploy.evaluation.ytvis_eval": ("YTVISResultsError",),
     "vita_deploy.data.ytvis_json": ("YTVISFormatError",),
+    "vita_deploy.pipeline.feature_store": ("FeatureBudgetError",),  # --features keep over --host-budget-mb: a user's choice
 }
 # OS errors that are about the user's machine or paths whatever file they name.
 _USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENAMETOOLONG}

@@ -40,7 +40,9 @@ def build_parser(prog: str = "vita-deploy export") -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: half-precision graph with fp32 islands (for strongly typed builders)")
     # shapes
-    p.add_argument("--max-frames", type=cli.positive_int, default=360, help="largest T the VITA head accepts (1..N)")
+    p.add_argument("--max-frames", type=cli.positive_int, default=360,
+                   help="largest T (video length in frames) the VITA head accepts, 1..N (default 360); "
+                        "the Triton server (`serve`) refuses longer videos before processing their frames")
     p.add_argument("--height", type=cli.positive_int,
                    help="fixed padded input height, a multiple of 32 (default: dynamic)")
     p.add_argument("--width", type=cli.positive_int,

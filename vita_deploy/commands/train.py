@@ -74,11 +74,19 @@ def parse_args(argv: list[str] | None = None, with_overwrite: bool = False, prog
     g.add_argument("--no-amp", action="store_true", help="disable fp16 autocast on CUDA (the recipes use it)")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from RUN/last.pth (or the given checkpoint)")
+    g.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="start from these weights: an official VITA model_final.pth, a COCO Mask2Former .pkl, "
+                        "an ImageNet backbone (torchvision ResNet .pth, detectron2 R-50.pkl/R-101.pkl, Swin "
+                        "ImageNet .pth) or a vita-deploy checkpoint; the class head is re-initialised when the "
+                        "data set's classes differ. RUN/init_report.json lists every tensor")
     g.add_argument("--overwrite", action="store_true",
                    help="start over in an existing run folder (its checkpoints and log are replaced)")
     a = p.parse_args(argv)
     if a.resume and a.overwrite:
         p.error("--resume continues the run in --out and --overwrite starts it over: pass one of them")
+    if a.resume and a.init:
+        p.error("--resume continues a run (its weights and optimizer) and --init starts a new one from weights: "
+                "pass one of them")
     cfg = TrainConfig(data=a.data, out=a.out, config=a.config, iters=a.iters, batch_size=a.batch_size,
                       num_frames=a.num_frames, sampling_frame_range=a.sampling_frame_range, lr=a.lr,
                       backbone_lr_mult=a.backbone_lr_mult, warmup_iters=a.warmup_iters, clip_grad=a.clip_grad,
@@ -91,15 +99,18 @@ def parse_args(argv: list[str] | None = None, with_overwrite: bool = False, prog
         resume = str(Path(a.out) / "last.pth")
     elif a.resume:
         resume = a.resume
-    return (cfg, resume, a.overwrite) if with_overwrite else (cfg, resume)
+    return (cfg, resume, a.overwrite, a.init) if with_overwrite else (cfg, resume)
 
 
 @cli.command
 def main(argv: list[str] | None = None, prog: str = "vita-deploy train") -> int:
-    cfg, resume, overwrite = parse_args(argv, with_overwrite=True, prog=prog)
+    cfg, resume, overwrite, init = parse_args(argv, with_overwrite=True, prog=prog)
     if resume and not Path(resume).is_file():
         raise InputError("the checkpoint to resume from does not exist", resume,
                          "pass --resume PATH of a last.pth, or leave --resume out to start a new run")
+    if init and not Path(init).is_file():
+        raise InputError("the weights to start from do not exist", init,
+                         "pass --init PATH of a model_final.pth, a Mask2Former .pkl or an ImageNet backbone file")
     if not (Path(cfg.data) / "train.json").is_file():
         raise InputError("--data has no train.json: the file does not exist", Path(cfg.data) / "train.json",
                          "pass a YouTube-VIS folder with train.json and "
@@ -107,11 +118,16 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy train") -> int:
     if os.environ.get("RANK", "0") == "0":  # other ranks of torchrun find the folder rank 0 made
         prepare_output_dir(cfg.out, resume=bool(resume), overwrite=overwrite, what="run folder (--out)",
                            inputs={"--data": cfg.data, "--resume": resume if resume and not
-                                   Path(resume).resolve().is_relative_to(Path(cfg.out).resolve()) else None})
+                                   Path(resume).resolve().is_relative_to(Path(cfg.out).resolve()) else None,
+                                   "--init": init})
     trainer = Trainer(cfg)
     if resume:
         trainer.resume(resume)
         print(f"resumed from {resume} at iteration {trainer.iteration}")
+    if init:
+        report = trainer.initialise(init)
+        if os.environ.get("RANK", "0") == "0":
+            print(report.summary() + f"\n  key by key: {Path(cfg.out) / 'init_report.json'}")
     metrics = trainer.train()
     if metrics:
         print("final val: " + "  ".join(f"{k} {v:.1f}" for k, v in metrics.items()))

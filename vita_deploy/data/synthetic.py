@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from vita_deploy.commands import cli
 from vita_deploy.config import SYNTHETIC_CLASSES
+from vita_deploy.data.ytvis_json import check_dataset
 from vita_deploy.errors import OutputClobberError
 
 # Hue (OpenCV 0-180) centre per category and its texture, so classes differ in shape, colour and texture.
@@ -219,8 +220,11 @@ def split_name(text: str) -> str:
 @cli.command
 def main(argv: list[str] | None = None, prog: str = "vita-deploy data") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=cli.output_dir, required=True, help="dataset folder")
-    p.add_argument("--videos", type=cli.positive_int, required=True, help="videos in the split")
+    p.add_argument("--check", type=cli.existing_dir, metavar="DIR",
+                   help="instead of writing data, check a YouTube-VIS folder for training (train.json, valid.json "
+                        "if present, every listed frame under <split>/JPEGImages) and print what it holds")
+    p.add_argument("--out", type=cli.output_dir, help="dataset folder (required unless --check)")
+    p.add_argument("--videos", type=cli.positive_int, help="videos in the split (required unless --check)")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0)
     p.add_argument("--split", type=split_name, default="train")
     p.add_argument("--val-videos", type=cli.nonnegative_int, default=0,
@@ -229,6 +233,13 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy data") -> int:
     p.add_argument("--max-frames", type=cli.positive_int, default=36)
     p.add_argument("--overwrite", action="store_true", help="replace splits that already exist in --out")
     a = p.parse_args(argv)
+    if a.check:
+        for line in check_dataset(a.check):
+            print(line)
+        print(f"ok: train with `vita-deploy train --init model_final.pth --config r50 --data {a.check} --out RUN`")
+        return 0
+    if a.out is None or a.videos is None:
+        p.error("writing a synthetic data set needs --out DIR and --videos N (or pass --check DIR to check one)")
     if a.max_frames < a.min_frames:
         p.error(f"--min-frames {a.min_frames} is above --max-frames {a.max_frames}: need --min-frames <= --max-frames")
     splits = [a.split] + (["valid"] if a.val_videos else [])

@@ -229,3 +229,29 @@ def category_mapping(dataset: dict) -> tuple[list[int], dict[int, int]]:
     """(sorted dataset category ids, i.e. contiguous index i -> dataset id, {dataset id: contiguous index})."""
     ids = sorted(c["id"] for c in dataset["categories"])
     return ids, {cid: i for i, cid in enumerate(ids)}
+
+
+def check_dataset(root: str | Path) -> list[str]:
+    """Check a YouTube-VIS folder for training: `train.json` (and `valid.json` when present) valid, and every
+    frame they list present under `<split>/JPEGImages/`; returns one summary line per split. Raises
+    YTVISFormatError naming the file and the first problem."""
+    root = Path(root)
+    if not (root / "train.json").is_file():
+        raise YTVISFormatError(f"{root / 'train.json'} does not exist: a training folder holds train.json and "
+                               "train/JPEGImages/<video>/<frame>.jpg (YouTube-VIS 2019 layout)")
+    lines = []
+    for split in ("train", "valid"):
+        path = root / f"{split}.json"
+        if not path.is_file():
+            continue
+        data = load_ytvis_json(path)
+        frames = root / split / "JPEGImages"
+        listed = [f for v in data["videos"] for f in v["file_names"]]
+        missing = [f for f in listed if not (frames / f).is_file()]
+        if missing:
+            raise YTVISFormatError(f"{len(missing)} of the {len(listed)} frames {path} lists are missing under "
+                                   f"{frames}, e.g. {frames / missing[0]}: copy the frames there or fix file_names")
+        names = ", ".join(c["name"] for c in sorted(data["categories"], key=lambda c: c["id"]))
+        lines.append(f"{path}: {len(data['videos'])} videos, {len(listed)} frames, {len(data['annotations'])} "
+                     f"instances, {len(data['categories'])} categories ({names})")
+    return lines

@@ -132,9 +132,10 @@ class FeatureStore:
             stored = None
         else:
             raise FeatureBudgetError(
-                f"mask features of {self.num_frames + x.shape[0]} frames exceed the feature budget "
-                f"(device {self.device_budget / 2**20:.0f} MB + host {self.host_budget / 2**20:.0f} MB): use "
-                "--features recompute (or auto), raise the host budget, or give a spill folder for disk")
+                f"the mask features of {self.num_frames + x.shape[0]} frames exceed the feature budget (device "
+                f"{self.device_budget / 2**20:g} MB + --host-budget-mb {self.host_budget / 2**20:g}): pass "
+                "--features recompute|auto (flat memory, any length), a larger --host-budget-mb, or --spill-dir "
+                "DIR for the rest on disk")
         self._chunks.append((x.shape[0], stored))
         self.num_frames += x.shape[0]
 

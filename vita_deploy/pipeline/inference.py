@@ -313,7 +313,9 @@ def run_video(
             raise ValueError("the video has no frames")
         num_frames = reader.stats.frames
         disk_mb = store.bytes_disk / 2**20
-
+        # Keep mode: VITA and the masks of every kept frame follow the detector bar; on long videos that takes
+        # seconds, so it has a bar of its own (shown from the start, while VITA runs). Recompute has its pass's.
+        stage = tqdm(total=num_frames, desc="VITA + masks", unit="frame", disable=not progress or mode != "keep")
         with timer("vita"):
             class_logits, mask_embed = vita(queries.all())  # (cQ, K+1), (cQ, C)
         queries.clear()
@@ -329,12 +331,14 @@ def run_video(
             if mode == "keep":
                 for start in range(0, num_frames, step):
                     post.submit(store.get(start, min(start + step, num_frames)))
+                    stage.update(min(step, num_frames - start))
             else:
                 _recompute(frames, mask_features, cfg, device, feature_dtype, num_frames, post, timer, overlap,
                            progress, sink)
             results = post.finish()
         finally:
             post.close()
+            stage.close()
     numerator = torch.zeros(len(scores), device=device)
     denominator = torch.zeros(len(scores), device=device)
     segmentations: list[list[dict]] = [[] for _ in range(len(scores))]

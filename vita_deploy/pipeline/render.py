@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import colorsys
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from vita_deploy.errors import InputError
+from vita_deploy.files import publish, temp_file_for
 
 
 def instance_colors(n: int) -> list[tuple[int, int, int]]:
@@ -108,13 +110,21 @@ class VideoRenderer:
         names = self.class_names
         self._labels = [f"{names[labels[i]] if names else labels[i]} {class_scores[i]:.2f}" for i in self.shown]
         self._colors = instance_colors(len(self.shown))
-        self.out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.out_path.stem}.", suffix=".mp4", dir=self.out_path.parent)
-        os.close(fd)
+        try:
+            self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.out_path)) from None
+        self._tmp = temp_file_for(self.out_path, suffix=".mp4")
         self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
         if not self._writer.isOpened():
             self.abort()
-            raise RuntimeError(f"OpenCV cannot write mp4 to {self.out_path}")
+            if min(width, height) < 2:
+                raise InputError(f"cannot render a {width}x{height} video to mp4: OpenCV's mp4 encoder (mp4v) needs "
+                                 "frames at least 2 pixels wide and high", self.out_path,
+                                 "leave --out out (the JSON results do not need it)")
+            raise InputError(f"OpenCV's mp4 encoder (mp4v) could not open a {width}x{height} video at {self.fps} fps",
+                             self.out_path, "check that the folder is writable and that OpenCV has an mp4 "
+                                            "encoder (opencv-python-headless does), or leave --out out")
 
     def write(self, frame: np.ndarray, rles: list[dict]) -> None:
         """frame uint8 (H, W, 3) RGB; rles: this frame's RLE of every top-k instance (only the shown are drawn)."""
@@ -129,7 +139,7 @@ class VideoRenderer:
         if self._writer is None:
             raise RuntimeError("VideoRenderer.finish before begin: no frame was rendered")
         self._writer.release()
-        os.replace(self._tmp, self.out_path)
+        publish(self._tmp, self.out_path)  # with the umask's mode, as every other output
         self._writer = self._tmp = None
         return self.out_path
 

@@ -122,17 +122,28 @@ class VitaVideoModel:
         return (torch.cat(fq), torch.cat(mf)) if len(fq) > 1 else (fq[0], mf[0])
 
     def _vita(self, frame_queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if frame_queries.shape[0] > self.max_frames:
-            raise RequestError(f"the video has {frame_queries.shape[0]} frames; this export's VITA head takes at "
-                               f"most {self.max_frames}: re-export with a larger --max-frames or send a shorter clip")
+        self.check_length(frame_queries.shape[0])
         logits, embed = self._call(self.vita_model, {"frame_queries": frame_queries}, ["class_logits", "mask_embed"])
         return logits, embed
+
+    def check_length(self, num_frames: int | None) -> None:
+        """Refuse a video longer than the export's VITA profile, before any of its frames is processed."""
+        if num_frames is not None and num_frames > self.max_frames:
+            raise RequestError(f"the video has {num_frames} frames; this export's VITA head takes at most "
+                               f"{self.max_frames}: re-export with a larger --max-frames (`vita-deploy export "
+                               f"--max-frames N`) or send a shorter clip")
+
+    def predict(self, source, num_frames: int | None):
+        """run_video over `source` (a VideoSource or an iterable of RGB frames), after the length check."""
+        from vita_deploy.pipeline.inference import run_video
+
+        self.check_length(num_frames)
+        return run_video(source, self._detector, self._vita, self.cfg, num_frames=num_frames)
 
     # -- one request ------------------------------------------------------------------------------------------
     def _run(self, request) -> tuple[torch.Tensor, torch.Tensor, bytes]:
         import triton_python_backend_utils as pb_utils
 
-        from vita_deploy.pipeline.inference import run_video
         from vita_deploy.pipeline.video_io import open_video
 
         video = pb_utils.get_input_tensor_by_name(request, "video")
@@ -150,12 +161,12 @@ class VitaVideoModel:
                 path = Path(tmp) / "video"
                 path.write_bytes(data)
                 source = open_video(path)
-                pred = run_video(source, self._detector, self._vita, self.cfg, num_frames=source.num_frames)
+                pred = self.predict(source, source.num_frames)
             else:
                 array = _to_torch(frames).numpy()
                 if array.ndim != 4 or array.shape[-1] != 3 or min(array.shape) < 1:
                     raise RequestError(f"`frames` must be uint8 (T, H, W, 3) RGB with T >= 1, got {array.shape}")
-                pred = run_video(iter(array), self._detector, self._vita, self.cfg, num_frames=array.shape[0])
+                pred = self.predict(iter(array), array.shape[0])
         doc = {"height": pred.height, "width": pred.width, "num_frames": pred.num_frames,
                "results": pred.to_ytvis(video_id), "timings": pred.timings}
         return (torch.tensor(pred.scores, dtype=torch.float32), torch.tensor(pred.labels, dtype=torch.int64),

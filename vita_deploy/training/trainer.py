@@ -28,6 +28,7 @@ from vita_deploy.evaluation import evaluate_ytvis
 from vita_deploy.files import atomic_write_text
 from vita_deploy.pipeline.inference import eager_graphs, run_video
 from vita_deploy.modeling.checkpoint import CheckpointError, _torch_load, load_state_dict_checked, save_checkpoint
+from vita_deploy.modeling.pretrained import InitReport, init_from_weights
 from vita_deploy.modeling.model import VitaModel, build_model
 from vita_deploy.pipeline.preprocess import normalize_and_pad, padded_size
 from vita_deploy.training.criterion import build_criterion, distributed_average
@@ -158,8 +159,9 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         data = _torch_load(Path(path))
         if "optimizer" not in data or "iteration" not in data:
-            raise CheckpointError(f"{path} is not a training checkpoint of `vita-deploy train` (no optimizer state); "
-                                  "use it as --init weights instead")
+            raise CheckpointError(f"{path} is not a training checkpoint of vita-deploy train (no optimizer state, "
+                                  f"e.g. a model_final.pth): start a new run from its weights with "
+                                  f"`vita-deploy train --init {path}`")
         load_state_dict_checked(self.model, data["model"], str(path))
         self.optimizer.load_state_dict(data["optimizer"])
         self.scaler.load_state_dict(data["scaler"])
@@ -169,6 +171,15 @@ class Trainer:
             self.history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             self.history = [h for h in self.history if h.get("iter", 0) <= self.iteration]
             atomic_write_text(log, "".join(json.dumps(h) + "\n" for h in self.history))
+
+    def initialise(self, path: str | Path) -> InitReport:
+        """Start from the weights in `path` (see vita_deploy.modeling.pretrained); writes RUN/init_report.json
+        (key by key: loaded, re-initialised, left at initialisation, unused) on rank 0."""
+        report = init_from_weights(self.model, path)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "init_report.json", json.dumps(report.to_dict(), indent=1) + "\n")
+        return report
 
     # -- loop ------------------------------------------------------------------------------------------------
     def batches(self):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 # (name, module of its main, one line of help), in workflow order.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("data", "vita_deploy.data.synthetic", "write a synthetic YouTube-VIS dataset (train/valid splits)"),
+    ("data", "vita_deploy.commands.data", "write a synthetic YouTube-VIS dataset (train/valid splits)"),
     ("train", "vita_deploy.commands.train", "train VITA on a YouTube-VIS folder (or --resume a run)"),
     ("evaluate", "vita_deploy.commands.evaluate", "YouTube-VIS AP of a results JSON against the ground truth"),
     ("export", "vita_deploy.commands.export", "export the model's graphs to ONNX (manifest.json with shapes)"),
@@ -21,7 +21,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("verify", "vita_deploy.commands.verify", "check an export's / engines' outputs against the eager PyTorch model"),
     ("bench", "benchmarks/bench.py", "fps and latency per stage and backend (from a source checkout)"),
     ("serve", "vita_deploy.commands.serve", "serve an export behind NVIDIA Triton Inference Server"),
-    ("batch", "vita_deploy.batch", "segment many videos on a Ray cluster"),
+    ("batch", "vita_deploy.commands.batch", "segment many videos on a Ray cluster"),
     ("demo", "vita_deploy.commands.demo", "the whole job on the shipped tiny model and synthetic videos"),
 )
 PROG = "vita-deploy"

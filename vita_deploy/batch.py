@@ -1,4 +1,5 @@
-"""Batch inference over many videos with Ray Data: `vita-deploy batch VIDEOS --out DIR`.
+"""Batch inference over many videos with Ray Data, the library of `vita-deploy batch VIDEOS --out DIR`
+(vita_deploy/commands/batch.py).
 
     vita-deploy batch videos/ --out runs/batch                      # local Ray cluster, eager tiny model
     vita-deploy batch list.txt --out runs/b --backend onnxruntime --export exports/tiny --actors 4
@@ -22,7 +23,6 @@ loopback-only network namespace).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -31,9 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vita_deploy.commands import cli
 from vita_deploy.errors import InputError
-from vita_deploy.files import atomic_write_text, prepare_output_dir
+from vita_deploy.files import atomic_write_text
 from vita_deploy.pipeline.video_io import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -104,13 +103,13 @@ class VideoPredictor:
 
             self.model = load_model(checkpoint, config).to(device)
         else:  # sessions/engines are made once per actor, not per video (infer_file makes them per call)
-            from vita_deploy.commands.infer import backend_graphs, backend_mask_features
+            from vita_deploy.runtime.backends import backend_graphs, backend_mask_features
 
             self.graphs = backend_graphs(backend, export, device)
             self.mask_features = backend_mask_features(backend, export, device)
 
     def predict(self, path: str):
-        from vita_deploy.commands.infer import infer_file
+        from vita_deploy.runtime.backends import infer_file
         from vita_deploy.pipeline.inference import run_video
         from vita_deploy.pipeline.video_io import open_video
 
@@ -235,55 +234,7 @@ def run_batch(jobs: list[VideoJob], out: Path, *, backend: str = "torch", export
             "ray_init_s": ray_init_s}
 
 
-@cli.command
-def main(argv: list[str] | None = None, prog: str = "vita-deploy batch") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("videos", type=cli.existing_path, help="folder of videos / frame folders, or a list file")
-    p.add_argument("--out", required=True, help="output folder (per-video JSON, results.json, videos.json)")
-    p.add_argument("--address", help="an existing Ray cluster (`auto`, `ray://host:10001`); default: a local one")
-    p.add_argument("--actors", type=cli.positive_int, default=2, help="actors, each holding one model")
-    p.add_argument("--cpus-per-actor", type=cli.positive_float, default=1.0, help="CPUs (and threads) per actor")
-    p.add_argument("--gpus-per-actor", type=cli.nonnegative_float, default=0.0,
-                   help="GPUs per actor (fractions share a GPU); > 0 runs the model on CUDA")
-    p.add_argument("--num-cpus", type=cli.positive_int, help="CPUs of the local cluster (default: all)")
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch")
-    p.add_argument("--export", type=cli.existing_dir, help="export folder for --backend onnxruntime/tensorrt")
-    p.add_argument("--checkpoint", type=cli.existing_file, help="--backend torch: checkpoint (default: shipped tiny)")
-    p.add_argument("--config", type=cli.config_name, help="--backend torch: config for official/random weights")
-    p.add_argument("--resume", action="store_true", help="continue in DIR: skip videos already done")
-    p.add_argument("--overwrite", action="store_true", help="rerun every video in an existing DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    if a.backend != "torch" and not a.export:
-        p.error(f"--backend {a.backend} needs --export DIR (made by `vita-deploy export`)")
-    if a.backend == "tensorrt" and not a.gpus_per_actor:
-        p.error("TensorRT engines run on a GPU: pass --gpus-per-actor (e.g. 1)")
-    if a.resume and a.overwrite:
-        p.error("--resume and --overwrite exclude each other")
-    jobs = list_videos(a.videos)
-    out = prepare_output_dir(a.out, resume=a.resume, overwrite=a.overwrite, what="--out folder",
-                             inputs={"VIDEOS": a.videos, "--export": a.export})
-    if a.overwrite:  # nothing of the previous run may look done if this one is interrupted
-        for f in [*(out / "videos").glob("*.json"), out / "results.json", out / "videos.json"]:
-            f.unlink(missing_ok=True)
-    device = "cuda" if a.gpus_per_actor else "cpu"
-    summary = run_batch(jobs, out, backend=a.backend, export=a.export, checkpoint=a.checkpoint, config=a.config,
-                        device=device, actors=a.actors, cpus_per_actor=a.cpus_per_actor,
-                        gpus_per_actor=a.gpus_per_actor, address=a.address, num_cpus=a.num_cpus, resume=a.resume,
-                        progress=not a.no_progress)
-    print(f"{summary['done']} video(s) done, {summary['skipped']} skipped (done before), {len(summary['failed'])} "
-          f"failed in {summary['seconds']:.1f} s"
-          + (f" (Ray start {summary['ray_init_s']:.1f} s)" if summary["ray_init_s"] is not None else "")
-          + f"; wrote {out / 'results.json'}", file=sys.stderr)
-    if summary["failed"]:
-        for path, err in summary["failed"].items():
-            print(f"error: {path}: {err}", file=sys.stderr)
-        print(f"error: {len(summary['failed'])} of {len(jobs)} video(s) failed (listed in {out / 'videos.json'}): "
-              "fix or remove them and rerun with --resume", file=sys.stderr)
-        return 2
-    return 0
+if __name__ == "__main__":  # `python -m vita_deploy.batch`: the earlier spelling of `vita-deploy batch`
+    from vita_deploy.commands.batch import main
 
-
-if __name__ == "__main__":
     sys.exit(main(prog="python -m vita_deploy.batch"))

@@ -128,7 +128,7 @@ def sample_frames(calib: list[str | Path] | None, cfg: ModelConfig, num_frames: 
     lengths = []
     for v in videos:
         try:
-            lengths.append(len(open_video(v)))
+            lengths.append(open_video(v).num_frames)
         except VideoReadError as e:
             raise QuantizeError(f"--calib video cannot be read: {e}", v, "pass readable videos or frame folders")
     # N frames spread over the videos in proportion to their length, evenly within each video
@@ -270,7 +270,7 @@ def write_placement(out_dir: Path, record: dict) -> None:
     atomic_write_text(out_dir / PLACEMENT_MD, "\n".join(lines) + "\n")
 
 
-def ort_session_options(path: Path, precision: str, threads: int | None = None):
+def ort_session_options(precision: str, threads: int | None = None):
     """ONNX Runtime CPU session options for a quantized graph. FP8 Q/DQ graphs have no CPU kernels: ORT runs them only
     with its Q/DQ fusion off (`session.disable_quant_qdq`), i.e. as fake-quantized fp32."""
     import onnxruntime as ort

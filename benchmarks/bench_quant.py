@@ -98,7 +98,8 @@ def accuracy(work: Path, num_videos: int, calib_frames: int) -> list[dict]:
     return rows
 
 
-def speed(work: Path, threads: int, repeats: int, warmup: int, calib_frames: int) -> list[dict]:
+def speed(work: Path, threads: int, repeats: int, warmup: int, calib_frames: int, config: str = "r50"
+          ) -> list[dict]:
     import onnx
     import onnxruntime as ort
 
@@ -107,18 +108,20 @@ def speed(work: Path, threads: int, repeats: int, warmup: int, calib_frames: int
     from vita_deploy.export.quantize import (QuantOptions, _cosine, calibration_images, ort_cpu_variant,
                                              ort_session_options, placement, quantize_graph, sample_frames)
 
-    cfg = get_config("r50")
-    fp32 = work / "r50_fp32"
+    cfg = get_config(config)
+    size = (384, 640) if config == "r50" else (160, 288)  # a 360p frame after the config's resize, padded
+    fp32 = work / f"{config}_fp32_speed"
     if not (fp32 / "manifest.json").is_file():
         t0 = time.perf_counter()
-        assert export_main(["--config", "r50", "--out-dir", str(fp32), "--deform-attn", "native", "--height", "384",
-                            "--width", "640", "--max-batch", "1", "--graphs", "frame_detector"]) == 0
-        print(f"r50 export: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        assert export_main(["--config", config, "--out-dir", str(fp32), "--deform-attn", "native", "--height",
+                            str(size[0]), "--width", str(size[1]), "--max-batch", "1", "--graphs",
+                            "frame_detector"]) == 0
+        print(f"{config} export: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     src = fp32 / "frame_detector.onnx"
     frames, source = sample_frames([val_data(work)], cfg, calib_frames)
-    images = calibration_images(frames, cfg, (384, 640))
-    variants = {"fp32": src, "int8 S8S8 (ModelOpt, TensorRT format)": work / "r50_int8_modelopt.onnx",
-                "int8 U8S8 (ONNX Runtime quantizer, CPU format)": work / "r50_int8_ort_u8s8.onnx"}
+    images = calibration_images(frames, cfg, size)
+    variants = {"fp32": src, "int8 S8S8 (ModelOpt, TensorRT format)": work / f"{config}_int8_modelopt.onnx",
+                "int8 U8S8 (ONNX Runtime quantizer, CPU format)": work / f"{config}_int8_ort_u8s8.onnx"}
     model = onnx.load(str(src))
     place = placement(model)
     if not variants["int8 S8S8 (ModelOpt, TensorRT format)"].is_file():
@@ -135,7 +138,8 @@ def speed(work: Path, threads: int, repeats: int, warmup: int, calib_frames: int
         fq = np.concatenate([o[0] for o in outs])
         ref = fq if ref is None else ref
         ms = _median_ms(sess, feeds, repeats, warmup)
-        rows.append({"part": "speed", "graph": "r50 frame detector 1x3x384x640", "variant": name, "threads": threads,
+        rows.append({"part": "speed", "graph": f"{config} frame detector 1x3x{size[0]}x{size[1]}", "variant": name,
+                     "threads": threads,
                      "median_ms": round(ms, 1), "frame_query_cosine_vs_fp32": _cosine(fq, ref),
                      "kernels": _kernels(path, ort_session_options("int8", threads), feeds, work),
                      "calibration": f"{len(images)} frames of {source}"})
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/quant_cpu"))
     p.add_argument("--num-videos", type=cli.positive_int, default=40)
     p.add_argument("--calib-frames", type=cli.positive_int, default=16)
+    p.add_argument("--speed-config", choices=["r50", "tiny"], default="r50", help="detector timed by --parts speed")
     p.add_argument("--threads", type=cli.positive_int, default=2)
     p.add_argument("--repeats", type=cli.positive_int, default=5)
     p.add_argument("--warmup", type=cli.nonnegative_int, default=2)
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if "accuracy" in a.parts:
         rows += accuracy(a.work, a.num_videos, a.calib_frames)
     if "speed" in a.parts:
-        rows += speed(a.work, a.threads, a.repeats, a.warmup, a.calib_frames)
+        rows += speed(a.work, a.threads, a.repeats, a.warmup, a.calib_frames, a.speed_config)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_rows(a.out, env, rows, markdown(rows, env))
     print(markdown(rows, env))

@@ -402,7 +402,8 @@ def ort_cpu_variant(src: Path, dst: Path, images: np.ndarray, place: dict[str, l
 
     tmp = Path(tempfile.mkdtemp(prefix="vita_ortq_"))
     try:
-        quant_pre_process(str(src), str(tmp / "pre.onnx"), skip_optimization=True)  # shape inference, names kept
+        # ONNX shape inference only: ORT's symbolic shape inference fails on these graphs (1.32); names kept
+        quant_pre_process(str(src), str(tmp / "pre.onnx"), skip_optimization=True, skip_symbolic_shape=True)
         quantize_static(str(tmp / "pre.onnx"), str(tmp / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         nodes_to_quantize=place["quantize"], calibrate_method=CalibrationMethod.MinMax)

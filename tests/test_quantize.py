@@ -83,8 +83,8 @@ def test_quantize_export_follows_the_placement(tmp_path, precision):
     assert not _dq_consumers(onnx.load(str(out / "vita_head.onnx")))  # VITA graph untouched
     calib = np.load(out / "calibration.npz")
     assert calib["images"].shape == (3, 3, 64, 96) and calib["frame_queries"].shape[0] == 3
-    if precision == "int8":  # fp8's accuracy is measured in benchmarks/bench_quant.py (README "Quantization")
-        assert record["calibration_parity"]["frame_queries_cosine"] > 0.99, record
+    # fp8 runs in ORT with disable_quant_qdq and every graph optimisation off (ort_session_options)
+    assert record["calibration_parity"]["frame_queries_cosine"] > 0.99, record
     placement_json = json.loads((out / "quant_placement.json").read_text())
     assert placement_json["graphs"]["frame_detector"]["quantize"] == place["quantize"]
     if precision == "fp8":

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTRITON_SPEC ?= nvidia-pytriton==0.7.0
+MODELOPT_SPEC ?= nvidia-modelopt==0.47.0
 PY := $(VENV)/bin/python
 
 .PHONY: demo test install install-dev clean
@@ -15,7 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[dev,serve,batch]"
+	$(PY) -m pip install -q -e ".[dev,serve,batch,quant]"
+	# NVIDIA ModelOpt's ONNX quantizer (export --precision int8|fp8); --no-deps: its [onnx] extra pins
+	# onnxruntime-gpu and cupy; the packages it imports are the `quant` extra (see pyproject.toml)
+	$(PY) -m pip install -q --no-deps "$(MODELOPT_SPEC)"
 	# tritonserver + its python backend for tests/test_serve.py (a Linux x86_64 wheel; --no-deps: see pyproject.toml)
 	if [ "$$(uname -sm)" = "Linux x86_64" ]; then $(PY) -m pip install -q --no-deps "$(PYTRITON_SPEC)"; fi
 	touch $@

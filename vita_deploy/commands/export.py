@@ -20,7 +20,8 @@ from pathlib import Path
 from vita_deploy.commands import cli
 from vita_deploy.config import canonical_config_name, config_names
 from vita_deploy.export.onnx_export import (DEFORM_ATTN_MODES, DETECTOR_FILE, GRAPHS, MANIFEST_FILE,
-                                            MASK_FEATURES_FILE, VITA_FILE, ExportOptions, export_model)
+                                            MASK_FEATURES_FILE, PRECISIONS, VITA_FILE, ExportOptions, export_model)
+from vita_deploy.export.quantize import CALIB_FILE, PLACEMENT_JSON, PLACEMENT_MD
 from vita_deploy.files import refuse_clobber
 
 
@@ -37,8 +38,20 @@ def build_parser(prog: str = "vita-deploy export") -> argparse.ArgumentParser:
     p.add_argument("--deform-attn", choices=DEFORM_ATTN_MODES, default="plugin",
                    help="plugin: NVIDIA's TensorRT plugin node; vita-plugin: our Triton-kernel TensorRT plugin node; "
                         "native: standard ONNX ops (Gather-based)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="fp16: half-precision graph with fp32 islands (for strongly typed builders)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp16: half-precision graph with fp32 islands (for strongly typed builders); int8 / fp8: "
+                        "post-training Q/DQ quantization with NVIDIA ModelOpt (needs --deform-attn native)")
+    # quantization (int8 / fp8)
+    p.add_argument("--calib", nargs="+", metavar="VIDEOS",
+                   help="int8/fp8 calibration videos: mp4 files, frame folders or a YouTube-VIS folder (default for "
+                        "tiny: the synthetic generator; other configs need it)")
+    p.add_argument("--calib-frames", type=cli.positive_int, default=8,
+                   help="frames sampled evenly across the calibration videos")
+    p.add_argument("--calib-method", choices=["max", "entropy"], default="max",
+                   help="int8: max or entropy; fp8: max only")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="int8/fp8: also measure per-block sensitivity (quantize one block at a time) into "
+                        "quant_placement.json/.md")
     # shapes
     p.add_argument("--max-frames", type=cli.positive_int, default=360,
                    help="largest T (video length in frames) the VITA head accepts, 1..N (default 360); "
@@ -57,16 +70,18 @@ def build_parser(prog: str = "vita-deploy export") -> argparse.ArgumentParser:
 @cli.command
 def main(argv: list[str] | None = None, prog: str = "vita-deploy export") -> int:
     a = build_parser(prog).parse_args(argv)
-    options = ExportOptions(a.deform_attn, a.precision, a.max_frames, a.height, a.width, a.max_batch)
+    options = ExportOptions(a.deform_attn, a.precision, a.max_frames, a.height, a.width, a.max_batch,
+                            a.calib_method, a.calib_frames, a.sensitivity)
     from vita_deploy.loading import default_checkpoint, load_model
 
     checkpoint = default_checkpoint(a.checkpoint, a.config)
     out = Path(a.out_dir)
     refuse_clobber({f"--out-dir file {name}": out / name
-                    for name in (DETECTOR_FILE, VITA_FILE, MASK_FEATURES_FILE, MANIFEST_FILE)},
-                   {"--checkpoint": checkpoint})
+                    for name in (DETECTOR_FILE, VITA_FILE, MASK_FEATURES_FILE, MANIFEST_FILE, CALIB_FILE,
+                                 PLACEMENT_JSON, PLACEMENT_MD)},
+                   {"--checkpoint": checkpoint, **{f"--calib {c}": c for c in a.calib or []}})
     print(f"loading the {a.config} model from {checkpoint or 'random weights'} ...", file=sys.stderr)
     model = load_model(checkpoint, a.config)  # refuses a checkpoint of another config
     export_model(model, a.out_dir, options, checkpoint, log=lambda msg: print(msg, file=sys.stderr),
-                 graphs=tuple(a.graphs))
+                 graphs=tuple(a.graphs), calib=a.calib)
     return 0

@@ -8,6 +8,11 @@ Prints a parity table: per-tensor max abs / relative error on seeded inputs, and
 when a threshold is exceeded. Thresholds per precision (THRESHOLDS below):
 - fp32: relative tensor error (max |backend - eager| / max |eager|) < 1e-4; matched mask IoU >= 0.99; |dAP| <= 0.1
 - fp16: relative tensor error < 3e-2; matched mask IoU >= 0.95; |dAP| <= 1.0
+- int8 / fp8 (Q/DQ graphs of `export --precision int8|fp8`; the VITA head stays fp32): 8-bit activations make
+  max-abs errors meaningless on random inputs, so tensors are judged by the mean row cosine similarity to eager
+  (frame queries, mask features, ...) >= 0.99 (int8) / 0.995 (fp8); on labelled videos the *mean* matched mask IoU
+  >= 0.9 and |dAP| <= 0.5 (int8) / 0.3 (fp8). ONNX Runtime has no CPU FP8 kernels: fp8 graphs run with
+  `session.disable_quant_qdq` (Q/DQ pairs evaluated as fake-quantized fp32), which is what is verified.
 """
 from __future__ import annotations
 
@@ -31,7 +36,17 @@ from vita_deploy.files import atomic_write_text, ensure_parents, file_sha256, re
 from vita_deploy.runtime.base import RuntimeMismatchError
 
 THRESHOLDS = {"fp32": {"tensor_rel": 1e-4, "mask_iou": 0.99, "delta_ap": 0.1},
-              "fp16": {"tensor_rel": 3e-2, "mask_iou": 0.95, "delta_ap": 1.0}}
+              "fp16": {"tensor_rel": 3e-2, "mask_iou": 0.95, "delta_ap": 1.0},
+              "int8": {"tensor_cosine": 0.99, "mean_mask_iou": 0.9, "delta_ap": 0.5},
+              "fp8": {"tensor_cosine": 0.995, "mean_mask_iou": 0.9, "delta_ap": 0.3}}
+
+
+def row_cosine(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean cosine similarity of matching rows (last axis; channels first for 4-D feature maps)."""
+    if out.dim() == 4:  # (N, C, H, W): one C-vector per pixel
+        out, ref = out.movedim(1, -1), ref.movedim(1, -1)
+    a, b = out.double().reshape(-1, out.shape[-1]), ref.double().reshape(-1, ref.shape[-1])
+    return torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12).mean().item()
 
 
 def tensor_report(out: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -39,7 +54,14 @@ def tensor_report(out: torch.Tensor, ref: torch.Tensor) -> dict:
     err = (out - ref).abs()
     return {"shape": list(out.shape), "finite": bool(torch.isfinite(out).all()), "max_abs": err.max().item(),
             "mean_abs": err.mean().item(), "p99_abs": torch.quantile(err.flatten()[:1_000_000], 0.99).item(),
-            "rel": err.max().item() / max(ref.abs().max().item(), 1e-12)}
+            "rel": err.max().item() / max(ref.abs().max().item(), 1e-12), "cosine": row_cosine(out, ref)}
+
+
+def tensor_ok(r: dict, limits: dict) -> bool:
+    """A tensor row passes: finite and within the precision's relative-error or cosine limit."""
+    if not r["finite"]:
+        return False
+    return r["cosine"] >= limits["tensor_cosine"] if "tensor_cosine" in limits else r["rel"] < limits["tensor_rel"]
 
 
 def parity_iou(a: list[dict], b: list[dict]) -> float:
@@ -137,11 +159,15 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
         for n in (1, cfg.inference.chunk_size):
             x = torch.randn(n, 3, opt[2], opt[3], generator=g).to(a.device)
             rows.append((f"mask_features N={n} mask_features", tensor_report(mask_backend(x), eager_mf(x))))
-    print(f"{'tensor':42s} {'max abs':>10s} {'p99 abs':>10s} {'rel':>10s}  ok")
+    print(f"{'tensor':42s} {'max abs':>10s} {'p99 abs':>10s} {'rel':>10s} {'cosine':>9s}  ok")
     for name, r in rows:
-        ok = r["finite"] and r["rel"] < limits["tensor_rel"]
+        ok = tensor_ok(r, limits)
         failed |= not ok
-        print(f"{name:42s} {r['max_abs']:10.2e} {r['p99_abs']:10.2e} {r['rel']:10.2e}  {'yes' if ok else 'NO'}")
+        print(f"{name:42s} {r['max_abs']:10.2e} {r['p99_abs']:10.2e} {r['rel']:10.2e} {r['cosine']:9.6f}  "
+              f"{'yes' if ok else 'NO'}")
+    if manifest["precision"] == "fp8" and a.backend == "onnxruntime":
+        print("fp8: ONNX Runtime has no CPU FP8 kernels; the Q/DQ graph runs with session.disable_quant_qdq "
+              "(fake-quantized fp32)")
     report = {"backend": a.backend, "precision": manifest["precision"], "thresholds": limits,
               "tensors": dict(rows)}
     if a.videos and backend is not None:
@@ -170,7 +196,9 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
                  "mean_matched_iou": float(np.mean(ious)) if ious else None}
         if ap:
             video.update(ap_eager=ap["eager"], ap_backend=ap["backend"], delta_ap=ap["backend"] - ap["eager"])
-        ok = (not ious or min(ious) >= limits["mask_iou"]) and (not ap or abs(video["delta_ap"]) <= limits["delta_ap"])
+        iou_ok = not ious or (min(ious) >= limits["mask_iou"] if "mask_iou" in limits
+                              else float(np.mean(ious)) >= limits["mean_mask_iou"])
+        ok = iou_ok and (not ap or abs(video["delta_ap"]) <= limits["delta_ap"])
         failed |= not ok
         print(f"videos: {len(videos)}, matched instances {len(ious)}, min mask IoU {video['min_matched_iou']:.4f}, "
               f"mean {video['mean_matched_iou']:.4f}" + (f", AP eager {ap['eager']:.2f} vs backend "

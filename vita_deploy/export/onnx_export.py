@@ -39,6 +39,7 @@ from vita_deploy.config import ModelConfig, SwinConfig
 from vita_deploy.files import atomic_write, file_sha256
 from vita_deploy.modeling.model import MaskFeatureGraph, VitaModel
 from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
+from vita_deploy.export.quantize import QUANT_PRECISIONS, QuantOptions
 from vita_deploy.pipeline.preprocess import padded_size
 
 EXPORT_FORMAT_VERSION = 1
@@ -48,6 +49,7 @@ DETECTOR_FILE, VITA_FILE, MANIFEST_FILE = "frame_detector.onnx", "vita_head.onnx
 MASK_FEATURES_FILE = "mask_features.onnx"  # the detector without its frame decoder (recompute mode)
 GRAPHS = ("frame_detector", "vita_head", "mask_features")
 DEFORM_ATTN_MODES = ("plugin", "vita-plugin", "native")
+PRECISIONS = ("fp32", "fp16", *QUANT_PRECISIONS)
 # Symbolic dims of the graph inputs/outputs, renamed from torch.export's names (s25, 8*s48, ...).
 DETECTOR_DIMS = {"images": ["batch", None, "height", "width"], "frame_queries": ["batch", None, None],
                  "mask_features": ["batch", None, "height/4", "width/4"]}
@@ -67,12 +69,25 @@ class ExportOptions:
     height: int | None = None  # fixed padded input size (multiples of 32), or None for dynamic
     width: int | None = None
     max_batch: int | None = None  # frames per detector call, 1..max_batch (default: the config's chunk size)
+    # int8 / fp8 only (vita_deploy/export/quantize.py): calibration method and number of calibration frames,
+    # and whether to measure per-block sensitivity (one extra quantization + run per block)
+    calib_method: str = "max"
+    calib_frames: int = 8
+    sensitivity: bool = False
 
     def __post_init__(self) -> None:
         if self.deform_attn not in DEFORM_ATTN_MODES:
             raise ExportError(f"--deform-attn must be one of {', '.join(DEFORM_ATTN_MODES)}, not {self.deform_attn!r}")
-        if self.precision not in ("fp32", "fp16"):
-            raise ExportError(f"--precision must be fp32 or fp16, not {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.precision in QUANT_PRECISIONS:
+            QuantOptions(self.precision, self.calib_method, self.calib_frames)  # refuses fp8 + entropy etc.
+            if self.deform_attn != "native":
+                raise ExportError(
+                    f"--precision {self.precision} needs --deform-attn native: ModelOpt calibrates with ONNX "
+                    "Runtime's CPU provider, and plugin nodes make it require the TensorRT provider; carrying the "
+                    "Q/DQ placement over to plugin graphs is not implemented. Export with --deform-attn native "
+                    "(builds on TensorRT-RTX and any TensorRT without a plugin library).")
         if (self.height is None) != (self.width is None):
             raise ExportError("give both --height and --width (fixed size) or neither (dynamic size)")
         for name, v in (("height", self.height), ("width", self.width)):
@@ -205,11 +220,14 @@ def _image_example(profile: dict, options: ExportOptions, cfg) -> tuple[torch.Te
 
 
 def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, checkpoint: str | Path | None = None,
-                 log: Callable[[str], None] = print, graphs: tuple[str, ...] = GRAPHS) -> dict:
+                 log: Callable[[str], None] = print, graphs: tuple[str, ...] = GRAPHS,
+                 calib: list[str | Path] | None = None) -> dict:
     """Write frame_detector.onnx, vita_head.onnx, mask_features.onnx and manifest.json into `out_dir`; returns
     the manifest.
 
     graphs: export only some of the three graphs (tests); the manifest then lists only those.
+    calib: int8 / fp8 only: calibration videos (mp4 files, frame folders, YouTube-VIS folders); None: the
+    synthetic generator (tiny only). See vita_deploy/export/quantize.py.
     """
     out_dir = Path(out_dir)
     try:
@@ -224,6 +242,9 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
     model = model.eval().float()
     cfg = model.cfg
     profiles = input_profiles(model, options)
+    if options.precision in QUANT_PRECISIONS:  # read the calibration frames first: bad --calib fails fast
+        from vita_deploy.export.quantize import sample_frames
+        calib_frames = sample_frames(calib, cfg, options.calib_frames)
     entries = {}
     if "frame_detector" in graphs:
         # images (N, 3, H, W) -> frame_queries (N, fQ, C), mask_features (N, C, H/4, W/4)
@@ -264,6 +285,18 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
         log(f"      wrote {out_dir / MASK_FEATURES_FILE} ({entries['mask_features']['size_bytes'] / 2**20:.1f} MiB, "
             f"{seconds:.1f} s)")
 
+    quantization = None
+    if options.precision in QUANT_PRECISIONS:
+        from vita_deploy.export.quantize import quantize_export
+
+        opt = profiles["images"]["opt"]
+        quantization = quantize_export(
+            out_dir, {g: e["file"] for g, e in entries.items()}, cfg,
+            QuantOptions(options.precision, options.calib_method, options.calib_frames), (opt[2], opt[3]),
+            *calib_frames, options.sensitivity, log)
+        for g, e in entries.items():  # the graphs changed: new hashes and sizes
+            e.update(sha256=file_sha256(out_dir / e["file"]), size_bytes=(out_dir / e["file"]).stat().st_size)
+
     import onnxscript
     manifest = {
         "format": "vita-deploy-export",
@@ -281,6 +314,7 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
         "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
         "graphs": entries,
+        **({"quantization": quantization} if quantization else {}),
     }
     atomic_write(out_dir / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
     log(f"[3/3] wrote {out_dir / MANIFEST_FILE}")
@@ -314,7 +348,7 @@ def load_manifest(export_dir: str | Path, check_graphs: bool = False, require_co
             or manifest.get("format_version") != EXPORT_FORMAT_VERSION:
         raise ExportError(f"{path} is not a vita-deploy export manifest of format version {EXPORT_FORMAT_VERSION}; "
                           "re-export with this version")
-    for key, ok in (("precision", lambda v: v in ("fp32", "fp16")), ("deform_attn", lambda v: v in DEFORM_ATTN_MODES),
+    for key, ok in (("precision", lambda v: v in PRECISIONS), ("deform_attn", lambda v: v in DEFORM_ATTN_MODES),
                     ("config", lambda v: isinstance(v, dict) or (v is None and not require_config)),
                     ("graphs", lambda v: isinstance(v, dict) and v)):
         if not ok(manifest.get(key)):
@@ -352,6 +386,10 @@ def check_manifest_graphs(export_dir: str | Path, manifest: dict) -> None:
                 raise ExportError(f"{where}: graph {name!r} declares {kind} {declared} but {path.name} has {found}: "
                                   "the manifest was edited or belongs to another export; re-export")
         fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+        quantized = (manifest.get("quantization") or {}).get("quantized_nodes", {}).get(name, 0) > 0
+        if quantized and not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+            raise ExportError(f"{where} declares {name!r} quantized ({manifest['precision']}) but {path.name} has no "
+                              "Q/DQ nodes: the manifest was edited or belongs to another export; re-export")
         if fp16 != (manifest["precision"] == "fp16"):
             raise ExportError(f"{where} declares precision {manifest['precision']} but {path.name} holds "
                               f"{'float16' if fp16 else 'only float32'} weights: the manifest was edited or "

@@ -29,6 +29,9 @@ def ort_engine(export_dir: str | Path, graph: str, device: torch.device | str = 
         raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
     manifest = load_manifest(export_dir)
     path = Path(export_dir) / manifest["graphs"][graph]["file"]
+    if manifest["precision"] == "fp8":  # no CPU FP8 kernels: ORT runs FP8 Q/DQ only with its Q/DQ fusion off
+        from vita_deploy.export.quantize import ort_session_options
+        return OrtEngine(path, device, threads, session_options=ort_session_options("fp8"))
     if manifest["deform_attn"] not in PLUGINS:
         return OrtEngine(path, device, threads)
     model = onnx.load(str(path))

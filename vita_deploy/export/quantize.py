@@ -1,0 +1,413 @@
+"""Post-training quantization of exported graphs to INT8 / FP8 Q/DQ ONNX with NVIDIA ModelOpt's ONNX quantizer.
+
+Why ModelOpt (`modelopt.onnx.quantization.quantize`): it writes the symmetric Q/DQ graphs that strongly typed
+TensorRT and TensorRT-RTX build as explicitly quantized networks, and it calibrates with ONNX Runtime's CPU
+provider on a machine without a GPU (`calibration_eps=["cpu"]`). Only the portable `native` graph can be
+calibrated that way (plugin nodes make ModelOpt insist on the TensorRT provider).
+
+Placement (`placement`): not blanket quantization. Published 8-bit DETR-style deployments quantize the CNN
+backbone and encoder convolutions and keep the decoder, attention (softmax, masks), LayerNorm, deformable-attention
+sampling offsets / attention weights and the heads in higher precision. Here a node is quantized when it is a
+Conv (backbone, pixel decoder input projections / FPN, mask-feature convs) or a MatMul/Gemm of the pixel decoder's
+encoder that is *not* a sampling-offset or attention-weight projection; everything else (the frame decoder, every
+head, LayerNorm, Softmax, the whole VITA graph) stays fp32. Modules are read off the exporter's per-node
+`pkg.torch.onnx.name_scopes` metadata, so the rule names modules, not generated node names.
+
+Calibration data: frames sampled evenly across user videos (mp4 files, frame folders, YouTube-VIS folders) or, for
+`tiny`, across videos of the synthetic generator; pre-processed exactly as the runtime does (shortest-edge resize,
+normalise, pad) and placed on the graph's opt-profile canvas (H, W). Saved as `calibration.npz` in the export
+folder, its sha256 in the manifest.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+
+from vita_deploy.config import ModelConfig
+from vita_deploy.errors import InputError
+from vita_deploy.files import atomic_write, atomic_write_text
+
+QUANT_PRECISIONS = ("int8", "fp8")
+CALIB_METHODS = {"int8": ("max", "entropy"), "fp8": ("max",)}
+CALIB_FILE, PLACEMENT_JSON, PLACEMENT_MD = "calibration.npz", "quant_placement.json", "quant_placement.md"
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+# Modules (name-scope prefixes) whose Conv / MatMul / Gemm nodes are quantized ...
+QUANTIZED_SCOPES = ("backbone", "pixel_decoder", "vita_mask_features")
+# ... except these (kept fp32: deformable-attention sampling offsets and attention weights decide *where* to
+# sample and how to mix; an 8-bit error there moves sampling points, not just values).
+KEPT_SCOPES = ("sampling_offsets", "attention_weights")
+
+
+class QuantizeError(InputError):
+    """Bad quantization arguments or calibration data; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    precision: str  # "int8" | "fp8"
+    calib_method: str = "max"  # int8: max | entropy; fp8: max only
+    calib_frames: int = 8  # frames sampled across the calibration videos
+
+    def __post_init__(self) -> None:
+        if self.precision not in QUANT_PRECISIONS:
+            raise QuantizeError(f"quantized precision must be one of {QUANT_PRECISIONS}, not {self.precision!r}")
+        if self.calib_method not in CALIB_METHODS[self.precision]:
+            raise QuantizeError(
+                f"--calib-method {self.calib_method} is not available for --precision {self.precision}", None,
+                f"use --calib-method {' or '.join(CALIB_METHODS[self.precision])} (ModelOpt calibrates FP8 with "
+                "max only)")
+        if self.calib_frames < 1:
+            raise QuantizeError(f"--calib-frames must be >= 1, not {self.calib_frames}")
+
+
+# ---------------------------------------------------------------------------------------------- calibration data
+def _video_sources(path: Path) -> list[Path]:
+    """One calibration path -> the videos in it: an mp4 file, a frame folder, a YouTube-VIS folder
+    (`*/JPEGImages/<video>/`), or a folder of mp4s / frame folders."""
+    from vita_deploy.pipeline.video_io import IMAGE_SUFFIXES
+
+    if not path.exists():
+        raise QuantizeError("--calib path does not exist", path, "pass mp4 files, frame folders or a YouTube-VIS "
+                            "folder")
+    if path.is_file():
+        return [path]
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file()):
+        return [path]
+    jpeg_roots = sorted(path.glob("*/JPEGImages")) + ([path / "JPEGImages"] if (path / "JPEGImages").is_dir() else [])
+    if jpeg_roots:
+        return sorted(d for root in jpeg_roots for d in root.iterdir() if d.is_dir())
+    return sorted(p for p in path.iterdir() if p.is_dir() or p.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv"))
+
+
+def _frames_from(video: Path, indices: list[int]) -> list[np.ndarray]:
+    from vita_deploy.pipeline.video_io import open_video
+
+    wanted, out = set(indices), []
+    for i, frame in enumerate(open_video(video)):
+        if i in wanted:
+            out.append(frame)
+        if len(out) == len(wanted):
+            break
+    return out
+
+
+def sample_frames(calib: list[str | Path] | None, cfg: ModelConfig, num_frames: int, seed: int = 0
+                  ) -> tuple[list[np.ndarray], str]:
+    """uint8 (H, W, 3) RGB frames sampled evenly across the calibration videos (or, without `calib`, across
+    synthetic videos for `tiny`); returns (frames, description of the source)."""
+    if not calib:
+        if cfg.name != "tiny":
+            raise QuantizeError(f"missing calibration data for --config {cfg.name}", None,
+                                "pass --calib VIDEOS (mp4 files, frame folders or a YouTube-VIS folder) with frames "
+                                "like the ones the model will see; only tiny has a default (the synthetic generator)")
+        from vita_deploy.data.synthetic import make_video
+
+        rng = np.random.default_rng(seed)
+        frames: list[np.ndarray] = []
+        per_video = 3
+        while len(frames) < num_frames:
+            v = make_video(rng, min_frames=6, max_frames=12)
+            frames += [v.frames[i] for i in np.linspace(0, len(v.frames) - 1, per_video).round().astype(int)]
+        return frames[:num_frames], f"synthetic generator (seed {seed})"
+    from vita_deploy.pipeline.video_io import VideoReadError, open_video
+
+    videos = [v for c in calib for v in _video_sources(Path(c))]
+    if not videos:
+        raise QuantizeError("--calib holds no videos or frames", ", ".join(map(str, calib)),
+                            "pass mp4 files, folders of frames (.jpg/.png) or a YouTube-VIS folder")
+    lengths = []
+    for v in videos:
+        try:
+            lengths.append(open_video(v).num_frames)
+        except VideoReadError as e:
+            raise QuantizeError(f"--calib video cannot be read: {e}", v, "pass readable videos or frame folders")
+    # N frames spread over the videos in proportion to their length, evenly within each video
+    total = sum(lengths)
+    picks = np.linspace(0, total - 1, min(num_frames, total)).round().astype(int)
+    starts = np.cumsum([0, *lengths])
+    frames = []
+    for k, v in enumerate(videos):
+        idx = [int(p - starts[k]) for p in picks if starts[k] <= p < starts[k + 1]]
+        if idx:
+            frames += _frames_from(v, idx)
+    return frames, f"{len(videos)} videos from {', '.join(map(str, calib))}"
+
+
+def calibration_images(frames: list[np.ndarray], cfg: ModelConfig, size: tuple[int, int]) -> np.ndarray:
+    """Frames -> float32 (N, 3, H, W): the runtime's pre-processing (shortest-edge resize, normalise, pad to 32),
+    then placed top-left on an (H, W) zero canvas (cropped if larger), H, W the graph's opt-profile size."""
+    from vita_deploy.pipeline.preprocess import frames_to_tensor, normalize_and_pad, resize_frame, shortest_edge_size
+
+    h, w = size
+    out = np.zeros((len(frames), 3, h, w), np.float32)
+    for i, f in enumerate(frames):
+        rs = resize_frame(f, shortest_edge_size(f.shape[0], f.shape[1], cfg.input.min_size_test,
+                                                cfg.input.max_size_test))
+        x = normalize_and_pad(frames_to_tensor([rs]), cfg.input)[0].numpy()
+        out[i, :, : min(h, x.shape[1]), : min(w, x.shape[2])] = x[:, :h, :w]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ placement
+def node_scope(node: onnx.NodeProto) -> str:
+    """The dotted module path a node was exported from ('' when the exporter recorded none). torch.onnx records
+    `pkg.torch.onnx.name_scopes` as the list of nested module paths from the root, ending with the fx node's
+    name: ['', 'module', 'module.backbone', ..., 'module.backbone.stem.conv1', 'conv2d']."""
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                return ""
+            return str(scopes[-2]) if isinstance(scopes, list) and len(scopes) >= 2 else ""
+    return ""
+
+
+def _strip_root(scope: str) -> str:
+    """Drop the export wrappers ('module', '_Precision') so a scope starts at the detector's own modules."""
+    parts = scope.split(".")
+    while parts and parts[0] in ("", "module"):
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def block_of(scope: str) -> str:
+    """Sensitivity block of a module path: backbone stage (backbone.res2 ...), pixel_decoder.<part>, or the
+    top-level module."""
+    parts = _strip_root(scope).split(".")
+    if parts[0] in ("backbone", "pixel_decoder") and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def placement(model: onnx.ModelProto, blocks: set[str] | None = None) -> dict[str, list[str]]:
+    """{"quantize": [node names], "exclude": [node names]} over the graph's Conv / MatMul / Gemm nodes.
+
+    A node is quantized when its module lies under QUANTIZED_SCOPES and not under KEPT_SCOPES (and, when `blocks`
+    is given, its block is one of them: the sensitivity sweep quantizes one block at a time)."""
+    chosen, excluded = [], []
+    for n in model.graph.node:
+        if n.op_type not in QUANTIZED_OPS:
+            continue
+        scope = _strip_root(node_scope(n))
+        parts = scope.split(".")
+        ok = bool(parts) and parts[0] in QUANTIZED_SCOPES and not any(k in parts for k in KEPT_SCOPES)
+        if ok and blocks is not None:
+            ok = block_of(scope) in blocks
+        (chosen if ok else excluded).append(n.name)
+    return {"quantize": chosen, "exclude": excluded}
+
+
+# ---------------------------------------------------------------------------------------------------- quantizing
+def quantize_graph(src: Path, dst: Path, images: np.ndarray, options: QuantOptions, place: dict[str, list[str]],
+                   log: Callable[[str], None] = print) -> onnx.ModelProto:
+    """Quantize one `native` graph taking `images` with ModelOpt (CPU calibration) under the given placement;
+    writes `dst` atomically and returns the Q/DQ model."""
+    import logging
+
+    from modelopt.onnx.quantization import quantize
+
+    logging.getLogger("modelopt").setLevel(logging.WARNING)
+    if not place["quantize"]:
+        raise QuantizeError(f"the placement quantizes no node of {src.name}", src, "re-export from a vita-deploy "
+                            "export of this version (node scopes are read from the exporter's metadata)")
+    tmp = Path(tempfile.mkdtemp(prefix="vita_quant_"))
+    try:
+        out = tmp / dst.name
+        quantize(
+            onnx_path=str(src), quantize_mode=options.precision, calibration_data={"images": images},
+            calibration_method=options.calib_method, calibration_eps=["cpu"],
+            calibration_shapes=f"images:1x{images.shape[1]}x{images.shape[2]}x{images.shape[3]}",
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            nodes_to_exclude=[f"^{re.escape(n)}$" for n in place["exclude"]],
+            high_precision_dtype="fp32", output_path=str(out), log_level="WARNING")
+        model = onnx.load(str(out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"      {dst.name}: {sum(n.op_type == 'QuantizeLinear' for n in model.graph.node)} Q / "
+        f"{sum(n.op_type == 'DequantizeLinear' for n in model.graph.node)} DQ nodes, "
+        f"{len(place['quantize'])} of {len(place['quantize']) + len(place['exclude'])} Conv/MatMul/Gemm quantized")
+    atomic_write(dst, lambda t: onnx.save(model, t))
+    return model
+
+
+def save_calibration(path: Path, images: np.ndarray, frame_queries: np.ndarray | None = None) -> None:
+    """calibration.npz: `images` (N, 3, H, W) float32 detector inputs, `frame_queries` (N, fQ, C) the fp32
+    detector's output on them (the VITA graph's calibration data)."""
+    arrays = {"images": images} | ({"frame_queries": frame_queries} if frame_queries is not None else {})
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    atomic_write(path, write)
+
+
+def write_placement(out_dir: Path, record: dict) -> None:
+    """quant_placement.json (the full record) and quant_placement.md (a readable summary + sensitivity table)."""
+    atomic_write_text(out_dir / PLACEMENT_JSON, json.dumps(record, indent=2))
+    lines = [f"# Quantization placement ({record['precision']}, {record['calib_method']} calibration)", "",
+             f"Calibration: {record['calib_frames']} frames, {record['calib_source']}.", "",
+             "Rule: Conv / MatMul / Gemm nodes under " + ", ".join(QUANTIZED_SCOPES) + " are quantized, except "
+             + ", ".join(KEPT_SCOPES) + "; everything else (frame decoder, heads, LayerNorm, Softmax, the VITA "
+             "graph) stays fp32.", ""]
+    for graph, g in record["graphs"].items():
+        lines.append(f"- {graph}: {len(g['quantize'])} nodes quantized, {len(g['exclude'])} kept fp32")
+    if record.get("sensitivity"):
+        lines += ["", "| block (quantized alone) | nodes | frame-query rel err | mask-feature rel err |",
+                  "|---|---|---|---|"]
+        for b, s in record["sensitivity"].items():
+            lines.append(f"| {b} | {s['nodes']} | {s['frame_queries_rel']:.2e} | {s['mask_features_rel']:.2e} |")
+    atomic_write_text(out_dir / PLACEMENT_MD, "\n".join(lines) + "\n")
+
+
+def ort_session_options(precision: str, threads: int | None = None):
+    """ONNX Runtime CPU session options for a quantized graph. FP8 Q/DQ graphs have no CPU kernels: ORT runs them as
+    fake-quantized fp32 with its Q/DQ fusion off (`session.disable_quant_qdq`) *and* every graph optimisation off.
+    Measured with ONNX Runtime 1.32 on the tiny fp8 detector: with only `disable_quant_qdq` the frame queries have
+    cosine 0.82 to fp32 (an optimisation mishandles the FP8 weight Q/DQ); with all optimisations off, 0.99995."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if precision == "fp8":
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(out.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def _run(path: Path, images: np.ndarray, precision: str = "fp32") -> dict[str, np.ndarray]:
+    """Outputs of a detector / mask-feature graph on `images`, one frame at a time (ONNX Runtime CPU)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), ort_session_options(precision), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = [sess.run(names, {"images": images[i: i + 1]}) for i in range(len(images))]
+    return {n: np.concatenate([o[k] for o in outs]) for k, n in enumerate(names)}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows (last axis) of the cosine similarity."""
+    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+    return float(np.mean((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)))
+
+
+def sensitivity(src: Path, images: np.ndarray, options: QuantOptions, log: Callable[[str], None] = print
+                ) -> dict[str, dict]:
+    """Per-block sensitivity of the frame detector: quantize one block at a time (the placement restricted to it)
+    and measure frame-query and mask-feature relative error and frame-query cosine vs the fp32 graph."""
+    model = onnx.load(str(src))
+    ref = _run(src, images)
+    blocks = sorted({block_of(_strip_root(node_scope(n))) for n in model.graph.node
+                     if n.name in set(placement(model)["quantize"])})
+    table = {}
+    tmp = Path(tempfile.mkdtemp(prefix="vita_sens_"))
+    try:
+        for b in blocks:
+            place = placement(model, {b})
+            quantize_graph(src, tmp / "q.onnx", images, options, place, log=lambda m: None)
+            out = _run(tmp / "q.onnx", images, options.precision)
+            table[b] = {"nodes": len(place["quantize"]),
+                        "frame_queries_rel": rel_err(out["frame_queries"], ref["frame_queries"]),
+                        "frame_queries_cosine": _cosine(out["frame_queries"], ref["frame_queries"]),
+                        "mask_features_rel": rel_err(out["mask_features"], ref["mask_features"])}
+            log(f"      sensitivity {b}: {table[b]['nodes']} nodes, frame-query rel "
+                f"{table[b]['frame_queries_rel']:.2e} (cos {table[b]['frame_queries_cosine']:.5f}), mask-feature "
+                f"rel {table[b]['mask_features_rel']:.2e}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return table
+
+
+def quantize_export(out_dir: Path, files: dict[str, str], cfg: ModelConfig, options: QuantOptions,
+                    image_size: tuple[int, int], frames: list[np.ndarray], source: str,
+                    measure_sensitivity: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Quantize the fp32 `native` graphs of an export in place: the frame detector and the mask-feature graph
+    (same placement rule, same calibration frames); the VITA head stays fp32 (placement). Writes calibration.npz
+    and quant_placement.{json,md}; returns the manifest's "quantization" record.
+
+    files: {graph: file name in out_dir} of the exported fp32 graphs; frames, source: `sample_frames`."""
+    import modelopt
+
+    from vita_deploy.files import file_sha256
+
+    images = calibration_images(frames, cfg, image_size)
+    log(f"[q] calibrating {options.precision} ({options.calib_method}) on {len(images)} frames of {source}, "
+        f"{image_size[0]}x{image_size[1]}")
+    record: dict = {"precision": options.precision, "calib_method": options.calib_method,
+                    "calib_frames": len(images), "calib_source": source, "tool": f"nvidia-modelopt "
+                    f"{modelopt.__version__} (modelopt.onnx.quantization, calibration_eps cpu)", "graphs": {}}
+    if "frame_detector" in files:
+        detector = out_dir / files["frame_detector"]
+        fp32 = _run(detector, images)
+        if measure_sensitivity:
+            record["sensitivity"] = sensitivity(detector, images, options, log)
+        # the VITA graph's calibration data: the frame queries the fp32 detector produces on the calibration frames
+        save_calibration(out_dir / CALIB_FILE, images, fp32["frame_queries"])
+    else:
+        save_calibration(out_dir / CALIB_FILE, images)
+    record["calibration"] = {"file": CALIB_FILE, "sha256": file_sha256(out_dir / CALIB_FILE)}
+    for graph in ("frame_detector", "mask_features"):
+        if graph in files:
+            path = out_dir / files[graph]
+            model = onnx.load(str(path))
+            place = placement(model)
+            quantize_graph(path, path, images, options, place, log)
+            record["graphs"][graph] = place
+    if "frame_detector" in files:
+        q = _run(out_dir / files["frame_detector"], images, options.precision)
+        record["calibration_parity"] = {
+            "frame_queries_cosine": _cosine(q["frame_queries"], fp32["frame_queries"]),
+            "frame_queries_rel": rel_err(q["frame_queries"], fp32["frame_queries"]),
+            "mask_features_rel": rel_err(q["mask_features"], fp32["mask_features"])}
+        log(f"      detector on the calibration frames vs fp32: {record['calibration_parity']}")
+    if "vita_head" in files:
+        record["graphs"]["vita_head"] = placement(onnx.load(str(out_dir / files["vita_head"])))  # all fp32
+    write_placement(out_dir, record)
+    record["placement"] = {"json": PLACEMENT_JSON, "md": PLACEMENT_MD}
+    return {k: v for k, v in record.items() if k != "graphs"} | {
+        "quantized_nodes": {g: len(p["quantize"]) for g, p in record["graphs"].items()}}
+
+
+def ort_cpu_variant(src: Path, dst: Path, images: np.ndarray, place: dict[str, list[str]]) -> None:
+    """The CPU provider's INT8 format of a graph: ONNX Runtime's static quantizer, Q/DQ with unsigned activations
+    and signed per-channel weights (U8S8: the VNNI / AMX kernels' native pair, unlike ModelOpt's symmetric S8S8),
+    the same placement and calibration frames, min-max calibration. Written atomically to `dst`."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(images[i: i + 1] for i in range(len(images)))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"images": x}
+
+    tmp = Path(tempfile.mkdtemp(prefix="vita_ortq_"))
+    try:
+        # ONNX shape inference only: ORT's symbolic shape inference fails on these graphs (1.32); names kept
+        quant_pre_process(str(src), str(tmp / "pre.onnx"), skip_optimization=True, skip_symbolic_shape=True)
+        quantize_static(str(tmp / "pre.onnx"), str(tmp / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        nodes_to_quantize=place["quantize"], calibrate_method=CalibrationMethod.MinMax)
+        model = onnx.load(str(tmp / "q.onnx"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write(dst, lambda t: onnx.save(model, t))

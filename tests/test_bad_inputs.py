@@ -270,7 +270,7 @@ COMMANDS = {  # name -> module, or a script path relative to the repository root
     "infer": "vita_deploy.commands.infer", "export": "vita_deploy.commands.export", "build": "engines/build.py",
     "verify": "vita_deploy.commands.verify", "evaluate": "vita_deploy.commands.evaluate",
     "train": "vita_deploy.commands.train",
-    "synthetic": "vita_deploy.data.synthetic", "bench": "benchmarks/bench.py",
+    "synthetic": "vita_deploy.commands.data", "bench": "benchmarks/bench.py",
     "bench_kernels": "benchmarks/bench_kernels.py", "frame_latency": "benchmarks/frame_latency.py",
     "demo": "vita_deploy.commands.demo",
 }

@@ -9,6 +9,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="batch needs the ray[data] extra")
 
 from vita_deploy import batch  # noqa: E402
+from vita_deploy.commands import batch as batch_command  # noqa: E402
 
 
 def test_interrupted_overwrite_lists_nothing_of_the_previous_run(tmp_path, monkeypatch):
@@ -28,7 +29,7 @@ def test_interrupted_overwrite_lists_nothing_of_the_previous_run(tmp_path, monke
 
     monkeypatch.setattr(batch, "_init_ray", interrupted_init)
     monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(1))
-    assert batch.main([str(videos), "--out", str(out), "--overwrite", "--no-progress"]) == 130
+    assert batch_command.main([str(videos), "--out", str(out), "--overwrite", "--no-progress"]) == 130
     assert shutdowns == [1]  # the finally after an interrupt in ray.init
     assert json.loads((out / "results.json").read_text()) == []
     index = json.loads((out / "videos.json").read_text())

@@ -267,16 +267,16 @@ def test_train_cli_init_writes_the_report_and_resume_suggests_init(tmp_path, cap
 
 
 def test_data_check_reports_a_dataset_and_names_missing_frames(tmp_path, capsys):
-    from vita_deploy.data import synthetic
+    from vita_deploy.commands import data as data_command
 
     generate_split(tmp_path / "d", "train", 2, seed=5, min_frames=3, max_frames=4, progress=False)
-    assert synthetic.main(["--check", str(tmp_path / "d")]) == 0
+    assert data_command.main(["--check", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
     assert "train.json: 2 videos" in out and "vita-deploy train --init" in out
     video = json.loads((tmp_path / "d" / "train.json").read_text())["videos"][0]
     (tmp_path / "d" / "train" / "JPEGImages" / video["file_names"][1]).unlink()
-    assert synthetic.main(["--check", str(tmp_path / "d")]) == 2
+    assert data_command.main(["--check", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "1 of the" in err and video["file_names"][1] in err
-    assert synthetic.main(["--check", str(tmp_path)]) == 2  # no train.json
+    assert data_command.main(["--check", str(tmp_path)]) == 2  # no train.json
     assert "train.json" in capsys.readouterr().err

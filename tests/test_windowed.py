@@ -171,7 +171,10 @@ def _infer_cmd(*args):
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    """The subprocess computes with this process's thread count (conftest: 1 per xdist worker, else 2): the same
+    summation order, so its results can be compared exactly with the in-process reference."""
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def test_stdin_pipe_equals_frame_list_and_renders(tiny, clip, tmp_path):

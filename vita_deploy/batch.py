@@ -209,7 +209,10 @@ def run_batch(jobs: list[VideoJob], out: Path, *, backend: str = "torch", export
             ray_init_s = time.perf_counter() - start
             ds = ray.data.from_items([{"path": j.path, "video_id": j.video_id} for j in todo],
                                      override_num_blocks=len(todo))
-            ds = ds.map_batches(VideoPredictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+            # One video per actor at a time: a short video never queues behind a long one on a busy actor, so
+            # each result arrives (and is written) as soon as its video ends.
+            pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
+            ds = ds.map_batches(VideoPredictor, batch_size=1, compute=pool,
                                 fn_constructor_kwargs={"backend": backend, "export": export, "checkpoint": checkpoint,
                                                        "config": config, "device": device,
                                                        "threads": max(1, int(cpus_per_actor))},

@@ -109,6 +109,11 @@ def test_batch_equals_single_process_infer_and_reports_the_bad_video(batch_run, 
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "clip_07_corrupt.mp4" in proc.stderr and "cannot decode" in proc.stderr
     assert f"{NUM_VIDEOS} video(s) done" in proc.stderr and "1 failed" in proc.stderr
+    # Ray's own output (its C++ core's start-up and actor warnings, Ray Data's execution log) is in OUT/ray.log
+    ray_log = (out / "ray.log").read_text()
+    for ray_line in ("network_util", "core_worker", "execution finished", "Progress bars disabled"):
+        assert ray_line not in proc.stderr, ray_line
+    assert "execution finished" in ray_log
     index = {v["video"]: v for v in json.loads((out / "videos.json").read_text())}
     combined = json.loads((out / "results.json").read_text())
     threads = torch.get_num_threads()

@@ -13,6 +13,7 @@ at a time (`map_batches` with a callable class on an actor pool). The driver wri
     DIR/videos/<name>.json   per video: video path, video_id, height, width, num_frames, YouTube-VIS `results`
     DIR/results.json         all videos' YouTube-VIS results in one list (rewritten at the end)
     DIR/videos.json          video_id -> path, status ("ok" / the error)
+    DIR/ray.log              Ray's own output (start-up and actor warnings), kept off the terminal
 A video that fails (corrupt, unreadable) is reported and the others finish (exit code 2 if any failed). With
 --resume, videos whose per-video JSON exists are skipped (failed ones are retried). Paths must be readable on
 every node of the cluster; DIR is written by the driver only.
@@ -23,11 +24,14 @@ loopback-only network namespace).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from typing import TextIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +155,29 @@ def _quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def ray_output_to(log_path: Path) -> Iterator[TextIO]:
+    """Inside the block, everything written to file descriptor 2 goes to `log_path`; yields a stream to the
+    terminal for this process's own messages (the progress bar, per-video errors).
+
+    Ray's C++ core writes its start-up and actor warnings ("Failed to determine local IP via external
+    connectivity", constructor-argument notes) to descriptor 2, and its Python loggers (configured again when a
+    dataset executes) to `sys.stderr`: logger levels cannot silence them, the descriptor can."""
+    sys.stderr.flush()
+    terminal_fd = os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    terminal = os.fdopen(terminal_fd, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                         errors="backslashreplace")
+    try:
+        yield terminal
+    finally:
+        sys.stderr.flush()
+        terminal.flush()
+        os.dup2(terminal_fd, 2)
+        terminal.close()
+
+
 def _init_ray(ray, address: str | None, num_cpus: int | None) -> None:
     import logging
 
@@ -204,7 +231,9 @@ def run_batch(jobs: list[VideoJob], out: Path, *, backend: str = "torch", export
     if todo:
         import ray
 
-        try:  # ray.init inside: an interrupt during start-up still shuts the local cluster down
+        with ray_output_to(out / "ray.log") as terminal, contextlib.ExitStack() as stack:
+            # ray.init inside: an interrupt during start-up still shuts the local cluster down
+            stack.callback(ray.shutdown)
             _init_ray(ray, address, num_cpus)
             ray_init_s = time.perf_counter() - start
             ds = ray.data.from_items([{"path": j.path, "video_id": j.video_id} for j in todo],
@@ -217,20 +246,18 @@ def run_batch(jobs: list[VideoJob], out: Path, *, backend: str = "torch", export
                                                        "config": config, "device": device,
                                                        "threads": max(1, int(cpus_per_actor))},
                                 num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
-            bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress)
+            bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress, file=terminal)
             for row in ds.iter_rows():
                 job = by_id[int(row["video_id"])]
                 if row["status"] == "ok":
                     atomic_write_text(videos_dir / f"{job.name}.json", row["doc"])
                 else:
                     failed[job.video_id] = row["status"]
-                    bar.write(f"error: {job.path}: {row['status']}", file=sys.stderr)
+                    bar.write(f"error: {job.path}: {row['status']}", file=terminal)
                 write_index(out, jobs, failed, with_results=False)  # this video's status, as it completes
                 bar.update(1)
                 bar.set_postfix(failed=len(failed))
             bar.close()
-        finally:
-            ray.shutdown()
     write_index(out, jobs, failed, with_results=True)
     return {"done": len(todo) - len(failed), "skipped": len(done),
             "failed": {by_id[i].path: e for i, e in failed.items()}, "seconds": time.perf_counter() - start,

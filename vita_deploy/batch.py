@@ -146,15 +146,6 @@ class VideoPredictor:
         return {k: np.asarray(v, dtype=object if k != "video_id" else np.int64) for k, v in out.items()}
 
 
-def _quiet_ray() -> None:
-    """Keep Ray's start-up chatter (token authentication, "Failed to determine local IP via external
-    connectivity", progress-bar tips) off the user's terminal: only errors of Ray's loggers are shown."""
-    import logging
-
-    for name in ("ray", "ray.data", "ray._private", "ray.util"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 @contextlib.contextmanager
 def ray_output_to(log_path: Path) -> Iterator[TextIO]:
     """Inside the block, everything written to file descriptor 2 goes to `log_path`; yields a stream to the
@@ -181,13 +172,11 @@ def ray_output_to(log_path: Path) -> Iterator[TextIO]:
 def _init_ray(ray, address: str | None, num_cpus: int | None) -> None:
     import logging
 
-    _quiet_ray()
     if address:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES,
                  include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    _quiet_ray()  # ray.init configures its loggers again
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver shows one bar over videos
     ctx.print_on_execution_start = False

@@ -44,15 +44,7 @@ class VideoSource:
                                          "(resize the frames or remove the odd one)")
                 yield frame
             return
-        cap = cv2.VideoCapture(str(self.path))
-        try:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        finally:
-            cap.release()
+        yield from capture_frames(cv2.VideoCapture(str(self.path)))
 
 
 def natural_key(path: Path) -> tuple:
@@ -195,9 +187,12 @@ def open_raw_stream(stream: BinaryIO, width: int, height: int, fps: float, name:
     return source
 
 
-def _capture_frames(cap: cv2.VideoCapture, first: np.ndarray) -> Iterator[np.ndarray]:
+def capture_frames(cap: cv2.VideoCapture, first: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """uint8 (H, W, 3) RGB frames of an OpenCV capture (after `first`, a BGR frame already read from it, if given)
+    until it ends; the capture is released when the generator ends or is closed."""
     try:
-        yield cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
+        if first is not None:
+            yield cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
         while True:
             ok, frame = cap.read()
             if not ok:
@@ -222,7 +217,7 @@ def open_capture(spec: str, fps: float = 30.0) -> LiveSource:
         raise VideoReadError(f"cannot read {what}: {fix}")
     rate = cap.get(cv2.CAP_PROP_FPS)
     rate = float(rate) if rate and 0 < rate < 1000 else fps
-    return LiveSource(spec, frame.shape[0], frame.shape[1], rate, _capture_frames(cap, frame), cap.release)
+    return LiveSource(spec, frame.shape[0], frame.shape[1], rate, capture_frames(cap, frame), cap.release)
 
 
 def is_live_spec(spec: str) -> bool:

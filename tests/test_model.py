@@ -163,3 +163,34 @@ def test_window_attention_is_local(tiny):
         b = head.encode(y, shifted_windows=False)
     torch.testing.assert_close(a[:6], b[:6])
     assert not torch.allclose(a[6:], b[6:])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_folded_frozen_batchnorm_equals_the_backbone_in_float64(seed):
+    """The exporter folds FrozenBN into the convolutions (fold_frozen_batchnorm); the folded backbone must compute
+    the same features as the unfolded one (float64, random non-trivial norm statistics, odd input sizes, batch 1
+    and 2), and the original module must be left untouched."""
+    from vita_deploy.modeling.backbone import FrozenBatchNorm2d, build_backbone, fold_frozen_batchnorm
+
+    g = torch.Generator().manual_seed(seed)
+    backbone = build_backbone(get_config("tiny").backbone).double().eval()
+    norms = 0
+    for m in backbone.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            c = m.weight.numel()
+            m.weight.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.5 + 1)
+            m.bias.copy_(torch.randn(c, generator=g, dtype=torch.float64))
+            m.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.float64))
+            m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) * 3 + 1e-3)
+            norms += 1
+    assert norms > 0
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    folded = fold_frozen_batchnorm(backbone)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in folded.modules())
+    for n, (h, w) in ((1, (37, 53)), (2, (64, 96))):
+        x = torch.randn(n, 3, h, w, generator=g, dtype=torch.float64)
+        ref, out = backbone(x), folded(x)
+        for k in ref:
+            torch.testing.assert_close(out[k], ref[k], rtol=1e-10, atol=1e-10 * ref[k].abs().max().item())
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())  # original unchanged
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())

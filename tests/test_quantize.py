@@ -93,6 +93,27 @@ def test_quantize_export_follows_the_placement(tmp_path, precision):
         sess = ort.InferenceSession(str(out / "frame_detector.onnx"), ort_session_options("fp8"),
                                     providers=["CPUExecutionProvider"])
         assert np.isfinite(sess.run(None, {"images": calib["images"][:1]})[0]).all()
+        assert record["cpu_int8"] == {}
+        return
+    # int8: the CPU provider's twin (U8S8) quantizes the same nodes, and ONNX Runtime really runs fused 8-bit
+    # kernels on it (QLinearConv with uint8 activations), while the TensorRT graph keeps fp32 Conv between Q/DQ
+    twin_file = record["cpu_int8"]["frame_detector"]["file"]
+    twin = onnx.load(str(out / twin_file))
+    twin_quantized = {n.name for n in twin.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")} & _dq_consumers(twin)
+    assert twin_quantized <= set(place["quantize"]) and len(twin_quantized) >= 0.9 * len(place["quantize"])
+    assert any(i.data_type == onnx.TensorProto.UINT8 for i in twin.graph.initializer)  # unsigned activations
+    assert record["calibration_parity_cpu_int8"]["frame_queries_cosine"] > 0.99, record
+
+    def fused_ops(path):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+    convs = sum(n.op_type == "Conv" and n.name in place["quantize"] for n in q.graph.node)
+    assert fused_ops(out / twin_file).count("QLinearConv") >= 0.9 * convs
+    assert fused_ops(out / "frame_detector.onnx").count("QLinearConv") == 0
 
 
 def test_int8_export_cli_end_to_end(tmp_path, capsys):
@@ -116,10 +137,19 @@ def test_int8_export_cli_end_to_end(tmp_path, capsys):
     assert manifest["quantization"]["calibration"]["sha256"] == file_sha256(out / "calibration.npz")
     assert manifest["quantization"]["calib_frames"] == 2 and "1 videos" in manifest["quantization"]["calib_source"]
     assert (out / "quant_placement.md").is_file()
-    rc = verify.main(["--export", str(out), "--checkpoint", str(ckpt), "--device", "cpu"])
-    printed = capsys.readouterr().out
-    assert rc == 0, printed
-    assert "PASS" in printed
+    twin = manifest["graphs"]["frame_detector"]["cpu_int8"]
+    assert twin["sha256"] == file_sha256(out / twin["file"]) and "U8S8" in twin["format"]
+    assert "cpu_int8" not in manifest["graphs"]["vita_head"]  # the VITA graph stays fp32: no twin
+    for int8_graph, ran in (("auto", "CPU twin"), ("tensorrt", "S8S8 Q/DQ graphs TensorRT builds")):
+        rc = verify.main(["--export", str(out), "--checkpoint", str(ckpt), "--device", "cpu", "--int8-graph",
+                          int8_graph])
+        printed = capsys.readouterr().out
+        assert rc == 0, printed
+        assert "PASS" in printed and ran in printed
+    # a replaced twin is refused like a replaced graph (exit 2, names the file)
+    (out / twin["file"]).write_bytes(b"not onnx")
+    assert verify.main(["--export", str(out), "--checkpoint", str(ckpt), "--device", "cpu"]) == 2
+    assert f"{twin['file']} changed since" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

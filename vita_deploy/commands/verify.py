@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
     p.add_argument("--num-videos", type=cli.positive_int, default=8)
     p.add_argument("--device", type=cli.device, default=cli.default_device())
     p.add_argument("--report", type=cli.output_file, help="write the parity report as JSON here")
+    p.add_argument("--int8-graph", choices=["auto", "tensorrt"], default="auto",
+                   help="INT8 exports on ONNX Runtime CPU: auto runs the CPU twin (U8S8, what `infer` runs on the "
+                        "CPU); tensorrt runs the S8S8 Q/DQ graph TensorRT builds, emulated in fp32 (its accuracy "
+                        "on a machine without a GPU)")
     a = p.parse_args(argv)
     if a.backend == "tensorrt" and not a.device.startswith("cuda"):
         p.error("TensorRT engines run on a CUDA GPU only: use --backend onnxruntime on the CPU")
@@ -127,9 +131,10 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
         from vita_deploy.runtime.ort_export import ort_engine, ort_mask_features
         from vita_deploy.runtime.base import graphs_from_engines
         if two_graphs:
-            engines = {g: ort_engine(a.export, g, a.device) for g in ("frame_detector", "vita_head")}
+            engines = {g: ort_engine(a.export, g, a.device, int8_graph=a.int8_graph)
+                       for g in ("frame_detector", "vita_head")}
             backend = graphs_from_engines(engines["frame_detector"], engines["vita_head"])
-        mask_backend = ort_mask_features(a.export, a.device)
+        mask_backend = ort_mask_features(a.export, a.device, int8_graph=a.int8_graph)
     else:
         from vita_deploy.runtime import tensorrt_graphs, tensorrt_mask_features
         backend = tensorrt_graphs(a.export, a.device) if two_graphs else None
@@ -168,7 +173,14 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
     if manifest["precision"] == "fp8" and a.backend == "onnxruntime":
         print("fp8: ONNX Runtime has no CPU FP8 kernels; the Q/DQ graph runs with session.disable_quant_qdq "
               "(fake-quantized fp32)")
+    cpu_twin = (a.backend == "onnxruntime" and a.int8_graph == "auto" and a.device == "cpu"
+                and any(g.get("cpu_int8") for g in graphs.values()))
+    if manifest["precision"] == "int8" and a.backend == "onnxruntime":
+        print("int8: " + ("the CPU twin graphs (U8S8, fused QLinearConv / QLinearMatMul) ran" if cpu_twin else
+                          "the S8S8 Q/DQ graphs TensorRT builds ran (emulated: fp32 between Q/DQ pairs)"))
     report = {"backend": a.backend, "precision": manifest["precision"], "thresholds": limits,
+              "int8_graph": ("cpu twin (U8S8)" if cpu_twin else "tensorrt (S8S8 Q/DQ)")
+              if manifest["precision"] == "int8" else None,
               "tensors": dict(rows)}
     if a.videos and backend is not None:
         root = Path(a.videos)

@@ -38,6 +38,7 @@ from vita_deploy.export.plugin import PLUGINS, TRANSLATIONS, annotate_plugin_out
 from vita_deploy.config import ModelConfig, SwinConfig
 from vita_deploy.files import atomic_write, file_sha256
 from vita_deploy.modeling.model import MaskFeatureGraph, VitaModel
+from vita_deploy.modeling.backbone import fold_frozen_batchnorm
 from vita_deploy.modeling.ms_deform_attn import deform_attn_implementation
 from vita_deploy.export.quantize import QUANT_PRECISIONS, QuantOptions
 from vita_deploy.pipeline.preprocess import padded_size
@@ -239,7 +240,8 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
     unknown = set(graphs) - set(GRAPHS)
     if unknown:
         raise ExportError(f"unknown graphs {sorted(unknown)}; choose from {GRAPHS}")
-    model = model.eval().float()
+    # FrozenBN folded into the convolutions: plain Conv nodes (what INT8 quantizers and runtimes fuse best)
+    model = fold_frozen_batchnorm(model.eval().float())
     cfg = model.cfg
     profiles = input_profiles(model, options)
     if options.precision in QUANT_PRECISIONS:  # read the calibration frames first: bad --calib fails fast
@@ -296,6 +298,8 @@ def export_model(model: VitaModel, out_dir: str | Path, options: ExportOptions, 
             *calib_frames, options.sensitivity, log)
         for g, e in entries.items():  # the graphs changed: new hashes and sizes
             e.update(sha256=file_sha256(out_dir / e["file"]), size_bytes=(out_dir / e["file"]).stat().st_size)
+            if g in quantization["cpu_int8"]:  # ONNX Runtime CPU's INT8 twin of this graph (U8S8)
+                e["cpu_int8"] = quantization["cpu_int8"][g]
 
     import onnxscript
     manifest = {
@@ -366,12 +370,14 @@ def check_manifest_graphs(export_dir: str | Path, manifest: dict) -> None:
     (sha256), unreadable, or when its inputs/outputs or precision are not what the manifest declares."""
     where = Path(export_dir) / MANIFEST_FILE
     for name, info in manifest["graphs"].items():
+        for f in [info] + ([info["cpu_int8"]] if isinstance(info.get("cpu_int8"), dict) else []):
+            path = Path(export_dir) / f["file"]
+            if not path.is_file():
+                raise ExportError(f"{path} (graph {name!r} of {where}) does not exist: re-export")
+            if f.get("sha256") and file_sha256(path) != f["sha256"]:
+                raise ExportError(f"{path} changed since {where} was written (sha256 differs; truncated or "
+                                  "replaced?): re-export")
         path = Path(export_dir) / info["file"]
-        if not path.is_file():
-            raise ExportError(f"{path} (graph {name!r} of {where}) does not exist: re-export")
-        if info.get("sha256") and file_sha256(path) != info["sha256"]:
-            raise ExportError(f"{path} changed since {where} was written (sha256 differs; truncated or replaced?): "
-                              "re-export")
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file

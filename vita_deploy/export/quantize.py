@@ -40,6 +40,9 @@ from vita_deploy.files import atomic_write, atomic_write_text
 QUANT_PRECISIONS = ("int8", "fp8")
 CALIB_METHODS = {"int8": ("max", "entropy"), "fp8": ("max",)}
 CALIB_FILE, PLACEMENT_JSON, PLACEMENT_MD = "calibration.npz", "quant_placement.json", "quant_placement.md"
+CPU_INT8_SUFFIX = ".cpu_int8.onnx"  # frame_detector.onnx -> frame_detector.cpu_int8.onnx
+CPU_INT8_FORMAT = ("U8S8 Q/DQ: uint8 activations (min-max), int8 per-channel weights; onnxruntime.quantization "
+                   "quantize_static, same frames and placement")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # Modules (name-scope prefixes) whose Conv / MatMul / Gemm nodes are quantized ...
 QUANTIZED_SCOPES = ("backbone", "pixel_decoder", "vita_mask_features")
@@ -362,11 +365,18 @@ def quantize_export(out_dir: Path, files: dict[str, str], cfg: ModelConfig, opti
     else:
         save_calibration(out_dir / CALIB_FILE, images)
     record["calibration"] = {"file": CALIB_FILE, "sha256": file_sha256(out_dir / CALIB_FILE)}
+    cpu_int8 = {}
     for graph in ("frame_detector", "mask_features"):
         if graph in files:
             path = out_dir / files[graph]
             model = onnx.load(str(path))
             place = placement(model)
+            if options.precision == "int8":  # from the fp32 graph, before ModelOpt replaces it
+                twin = path.with_name(path.name.removesuffix(".onnx") + CPU_INT8_SUFFIX)
+                in_fresh_process(ort_cpu_variant, path, twin, images, place)
+                cpu_int8[graph] = {"file": twin.name, "sha256": file_sha256(twin), "size_bytes": twin.stat().st_size,
+                                   "format": CPU_INT8_FORMAT}
+                log(f"      {twin.name}: the CPU provider's INT8 twin ({CPU_INT8_FORMAT.split(':')[0]})")
             quantize_graph(path, path, images, options, place, log)
             record["graphs"][graph] = place
     if "frame_detector" in files:
@@ -376,18 +386,42 @@ def quantize_export(out_dir: Path, files: dict[str, str], cfg: ModelConfig, opti
             "frame_queries_rel": rel_err(q["frame_queries"], fp32["frame_queries"]),
             "mask_features_rel": rel_err(q["mask_features"], fp32["mask_features"])}
         log(f"      detector on the calibration frames vs fp32: {record['calibration_parity']}")
+        if "frame_detector" in cpu_int8:
+            q = _run(out_dir / cpu_int8["frame_detector"]["file"], images)
+            record["calibration_parity_cpu_int8"] = {
+                "frame_queries_cosine": _cosine(q["frame_queries"], fp32["frame_queries"]),
+                "frame_queries_rel": rel_err(q["frame_queries"], fp32["frame_queries"]),
+                "mask_features_rel": rel_err(q["mask_features"], fp32["mask_features"])}
+            log(f"      CPU twin on the calibration frames vs fp32: {record['calibration_parity_cpu_int8']}")
     if "vita_head" in files:
         record["graphs"]["vita_head"] = placement(onnx.load(str(out_dir / files["vita_head"])))  # all fp32
     write_placement(out_dir, record)
     record["placement"] = {"json": PLACEMENT_JSON, "md": PLACEMENT_MD}
     return {k: v for k, v in record.items() if k != "graphs"} | {
-        "quantized_nodes": {g: len(p["quantize"]) for g, p in record["graphs"].items()}}
+        "quantized_nodes": {g: len(p["quantize"]) for g, p in record["graphs"].items()}, "cpu_int8": cpu_int8}
+
+
+def in_fresh_process(fn: Callable, *args):
+    """fn(*args) in a spawned interpreter. Why: once ModelOpt has quantized in a process it has patched ONNX
+    Runtime's calibrators for good (modelopt/onnx/quantization/ort_patching.py), and ONNX Runtime's own
+    `quantize_static` then fails there ("Quantization parameters are not specified for param images")."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def ort_cpu_variant(src: Path, dst: Path, images: np.ndarray, place: dict[str, list[str]]) -> None:
     """The CPU provider's INT8 format of a graph: ONNX Runtime's static quantizer, Q/DQ with unsigned activations
-    and signed per-channel weights (U8S8: the VNNI / AMX kernels' native pair, unlike ModelOpt's symmetric S8S8),
-    the same placement and calibration frames, min-max calibration. Written atomically to `dst`."""
+    and signed per-channel weights (U8S8: the VNNI / AMX kernels' native pair), the same placement and calibration
+    frames, min-max calibration. Written atomically to `dst`.
+
+    Why a second graph: ONNX Runtime's CPU provider fuses DQ -> Conv -> Q into QLinearConv (and MatMul into
+    QLinearMatMul) only when the operator's output is quantized too, and its x86 kernels want unsigned
+    activations. ModelOpt's graph for TensorRT quantizes operator inputs only, symmetric int8 (S8S8), so ONNX
+    Runtime runs it as fp32 convolutions between Q/DQ pairs: slower than fp32 (measured: tiny detector 0.91x).
+    Must run in a process where ModelOpt has not quantized (`in_fresh_process`)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

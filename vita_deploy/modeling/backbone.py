@@ -6,6 +6,8 @@ everywhere, FREEZE_AT=0, outputs res2..res5 at strides 4, 8, 16, 32. Parameter n
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,30 @@ class Conv2dNorm(nn.Conv2d):
         if self.norm is not None:
             x = self.norm(x)
         return F.relu(x) if self.relu else x
+
+
+def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of `module` in which every Conv2dNorm's FrozenBatchNorm2d is folded into the convolution
+    (weight * scale per output channel, bias * scale + shift): the same function with one op less per convolution.
+
+    The exporter uses it so that ONNX graphs carry plain convolutions: an INT8 quantizer then quantizes the output
+    the next layer actually receives (not the pre-norm output), and ONNX Runtime fuses Conv + ReLU into one
+    QLinearConv instead of running Dequantize, Mul and Add on every feature map. Returns `module` itself when it
+    has no frozen norm (Swin)."""
+    if not any(isinstance(m, Conv2dNorm) and isinstance(m.norm, FrozenBatchNorm2d) for m in module.modules()):
+        return module
+    folded = copy.deepcopy(module)
+    with torch.no_grad():
+        for m in folded.modules():
+            if isinstance(m, Conv2dNorm) and isinstance(m.norm, FrozenBatchNorm2d):
+                norm = m.norm
+                scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # (C_out,)
+                shift = norm.bias - norm.running_mean * scale
+                bias = shift if m.bias is None else m.bias * scale + shift
+                m.weight.mul_(scale.to(m.weight.dtype).view(-1, 1, 1, 1))
+                m.bias = nn.Parameter(bias.to(m.weight.dtype), requires_grad=m.weight.requires_grad)
+                m.norm = None
+    return folded
 
 
 class BottleneckBlock(nn.Module):

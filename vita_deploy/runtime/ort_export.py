@@ -21,14 +21,26 @@ from vita_deploy.runtime.ort_engine import OrtEngine
 GRAPHS = ("frame_detector", "vita_head", "mask_features")
 
 
+INT8_GRAPHS = ("auto", "tensorrt")
+
+
 def ort_engine(export_dir: str | Path, graph: str, device: torch.device | str = "cpu",
-               threads: int | None = None) -> OrtEngine:
+               threads: int | None = None, int8_graph: str = "auto") -> OrtEngine:
     """OrtEngine for graph "frame_detector", "vita_head" or "mask_features" of an export (plugin nodes run as a
-    local function)."""
+    local function).
+
+    int8_graph: for an INT8 export on the CPU, "auto" runs the graph's CPU twin (`cpu_int8` in the manifest: U8S8,
+    which the CPU provider fuses into QLinearConv / QLinearMatMul) when it has one; "tensorrt" runs the S8S8
+    Q/DQ graph TensorRT builds (ONNX Runtime emulates it in fp32 between Q/DQ pairs: its accuracy, not speed)."""
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
+    if int8_graph not in INT8_GRAPHS:
+        raise ValueError(f"int8_graph must be one of {INT8_GRAPHS}, not {int8_graph!r}")
     manifest = load_manifest(export_dir)
-    path = Path(export_dir) / manifest["graphs"][graph]["file"]
+    entry = manifest["graphs"][graph]
+    path = Path(export_dir) / entry["file"]
+    if int8_graph == "auto" and torch.device(device).type == "cpu" and entry.get("cpu_int8"):
+        return OrtEngine(Path(export_dir) / entry["cpu_int8"]["file"], device, threads)
     if manifest["precision"] == "fp8":  # no CPU FP8 kernels: ORT runs FP8 Q/DQ only with its Q/DQ fusion off
         from vita_deploy.export.quantize import ort_session_options
         return OrtEngine(path, device, threads, session_options=ort_session_options("fp8"))
@@ -45,17 +57,17 @@ def ort_engine(export_dir: str | Path, graph: str, device: torch.device | str = 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ort_graphs(export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None
-               ) -> tuple[DetectorFn, VitaFn]:
+def ort_graphs(export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
+               int8_graph: str = "auto") -> tuple[DetectorFn, VitaFn]:
     """(DetectorFn, VitaFn) running the export's two ONNX graphs in ONNX Runtime; outputs are float32 tensors."""
-    return graphs_from_engines(ort_engine(export_dir, "frame_detector", device, threads),
-                               ort_engine(export_dir, "vita_head", device, threads))
+    return graphs_from_engines(ort_engine(export_dir, "frame_detector", device, threads, int8_graph),
+                               ort_engine(export_dir, "vita_head", device, threads, int8_graph))
 
 
-def ort_mask_features(export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None
-                      ) -> MaskFeaturesFn | None:
+def ort_mask_features(export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
+                      int8_graph: str = "auto") -> MaskFeaturesFn | None:
     """The export's mask-feature graph in ONNX Runtime (recompute mode), or None when the export has none
     (exports made before the graph existed: re-export for recompute mode)."""
     if "mask_features" not in load_manifest(export_dir)["graphs"]:
         return None
-    return mask_features_from_engine(ort_engine(export_dir, "mask_features", device, threads))
+    return mask_features_from_engine(ort_engine(export_dir, "mask_features", device, threads, int8_graph))

@@ -22,8 +22,9 @@ from vita_deploy.commands import verify  # noqa: E402
 from vita_deploy.config import get_config  # noqa: E402
 from vita_deploy.commands.export import main as export_main  # noqa: E402
 from vita_deploy.export.quantize import (KEPT_SCOPES, QUANTIZED_SCOPES, QuantOptions, QuantizeError,  # noqa: E402
-                                         _strip_root, calibration_images, node_scope, ort_session_options,
-                                         placement, quantize_export, sample_frames)
+                                         _strip_root, block_of, calibration_images, node_scope,
+                                         ort_session_options, placement, quantize_export, sample_frames,
+                                         sensitive_blocks)
 from vita_deploy.modeling.checkpoint import save_checkpoint  # noqa: E402
 
 TINY = get_config("tiny")
@@ -54,6 +55,48 @@ def test_placement_quantizes_backbone_and_pixel_decoder_only():
     # restricted to one block (the sensitivity sweep): only that block's nodes
     one = placement(det, {"backbone.res2"})
     assert one["quantize"] and all(scopes[n].startswith("backbone.res2") for n in one["quantize"])
+
+
+def test_sensitive_blocks_rule_and_kept_blocks():
+    """A block stays fp32 when quantizing it alone costs more than max_drop of frame-query *or* mask-feature
+    cosine; placement(kept_blocks=...) then leaves exactly that block's nodes unquantized."""
+    table = {"backbone.res2": {"frame_queries_cosine": 0.9995, "mask_features_cosine": 0.9999},
+             "backbone.res3": {"frame_queries_cosine": 0.9999, "mask_features_cosine": 0.998},
+             "pixel_decoder.adapter_1": {"frame_queries_cosine": 0.998, "mask_features_cosine": 0.9999},
+             "pixel_decoder.transformer": {"frame_queries_cosine": 1.0, "mask_features_cosine": 0.9991}}
+    assert sensitive_blocks(table, 1e-3) == ["backbone.res3", "pixel_decoder.adapter_1"]
+    assert sensitive_blocks(table, 1e-4) == sorted(table)
+    assert sensitive_blocks(table, 0.5) == []
+    det = onnx.load(str(exported("tiny") / "frame_detector.onnx"))
+    scopes = _scopes(det)
+    full, kept = placement(det), placement(det, kept_blocks={"backbone.res3", "pixel_decoder.adapter_1"})
+    dropped = set(full["quantize"]) - set(kept["quantize"])
+    assert dropped and {block_of(scopes[n]) for n in dropped} == {"backbone.res3", "pixel_decoder.adapter_1"}
+    assert set(kept["quantize"]) < set(full["quantize"]) and dropped <= set(kept["exclude"])
+
+
+def test_sensitivity_sweep_chooses_the_placement(tmp_path):
+    """`export --sensitivity`: every quantizable block is measured alone (frame-query and mask-feature cosine),
+    the blocks over the limit stay fp32 in the written graph, and quant_placement.md shows the table and choice."""
+    out = tmp_path / "q"
+    out.mkdir()
+    shutil.copy(exported("tiny") / "frame_detector.onnx", out)
+    det = onnx.load(str(out / "frame_detector.onnx"))
+    scopes = _scopes(det)
+    frames, source = sample_frames(None, TINY, 2)
+    record = quantize_export(out, {"frame_detector": "frame_detector.onnx"}, TINY, QuantOptions("int8"), (64, 96),
+                             frames, source, sensitivity_max_drop=1e-3, log=print)
+    table = record["sensitivity"]
+    assert set(table) == {block_of(scopes[n]) for n in placement(det)["quantize"]}
+    for s in table.values():
+        assert 0.5 < s["frame_queries_cosine"] <= 1 + 1e-9 and 0.5 < s["mask_features_cosine"] <= 1 + 1e-9
+    assert record["kept_fp32_blocks"] == sensitive_blocks(table, 1e-3)
+    q = onnx.load(str(out / "frame_detector.onnx"))
+    quantized_blocks = {block_of(scopes[n]) for n in _dq_consumers(q) if n in scopes}
+    assert quantized_blocks and not quantized_blocks & set(record["kept_fp32_blocks"])
+    md = (out / "quant_placement.md").read_text()
+    assert "| block (quantized alone) |" in md and "stay fp32: " in md
+    assert all(f"| {b} |" in md for b in table)
 
 
 def _dq_consumers(model: onnx.ModelProto) -> set[str]:

@@ -21,7 +21,7 @@ from vita_deploy.commands import cli
 from vita_deploy.config import canonical_config_name, config_names
 from vita_deploy.export.onnx_export import (DEFORM_ATTN_MODES, DETECTOR_FILE, GRAPHS, MANIFEST_FILE,
                                             MASK_FEATURES_FILE, PRECISIONS, VITA_FILE, ExportOptions, export_model)
-from vita_deploy.export.quantize import CALIB_FILE, PLACEMENT_JSON, PLACEMENT_MD
+from vita_deploy.export.quantize import CALIB_FILE, CPU_INT8_FILES, PLACEMENT_JSON, PLACEMENT_MD
 from vita_deploy.files import refuse_clobber
 
 
@@ -49,9 +49,10 @@ def build_parser(prog: str = "vita-deploy export") -> argparse.ArgumentParser:
                    help="frames sampled evenly across the calibration videos")
     p.add_argument("--calib-method", choices=["max", "entropy"], default="max",
                    help="int8: max or entropy; fp8: max only")
-    p.add_argument("--sensitivity", action="store_true",
-                   help="int8/fp8: also measure per-block sensitivity (quantize one block at a time) into "
-                        "quant_placement.json/.md")
+    p.add_argument("--sensitivity", nargs="?", type=float, const=1e-3, metavar="MAX_DROP",
+                   help="int8/fp8: measure per-block sensitivity first (quantize one block at a time) and keep in "
+                        "fp32 every block whose quantization alone lowers the frame-query or mask-feature cosine by "
+                        "more than MAX_DROP (default 0.001); the table and the choice go into quant_placement.md")
     # shapes
     p.add_argument("--max-frames", type=cli.positive_int, default=360,
                    help="largest T (video length in frames) the VITA head accepts, 1..N (default 360); "
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy export") -> int
     out = Path(a.out_dir)
     refuse_clobber({f"--out-dir file {name}": out / name
                     for name in (DETECTOR_FILE, VITA_FILE, MASK_FEATURES_FILE, MANIFEST_FILE, CALIB_FILE,
-                                 PLACEMENT_JSON, PLACEMENT_MD)},
+                                 PLACEMENT_JSON, PLACEMENT_MD, *CPU_INT8_FILES)},
                    {"--checkpoint": checkpoint, **{f"--calib {c}": c for c in a.calib or []}})
     print(f"loading the {a.config} model from {checkpoint or 'random weights'} ...", file=sys.stderr)
     model = load_model(checkpoint, a.config)  # refuses a checkpoint of another config

@@ -71,10 +71,11 @@ class ExportOptions:
     width: int | None = None
     max_batch: int | None = None  # frames per detector call, 1..max_batch (default: the config's chunk size)
     # int8 / fp8 only (vita_deploy/export/quantize.py): calibration method and number of calibration frames,
-    # and whether to measure per-block sensitivity (one extra quantization + run per block)
+    # and, when set, the per-block sensitivity sweep (one extra quantization + run per block) with the largest
+    # cosine drop a block may cost alone and still be quantized
     calib_method: str = "max"
     calib_frames: int = 8
-    sensitivity: bool = False
+    sensitivity: float | None = None
 
     def __post_init__(self) -> None:
         if self.deform_attn not in DEFORM_ATTN_MODES:
@@ -83,6 +84,9 @@ class ExportOptions:
             raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.precision in QUANT_PRECISIONS:
             QuantOptions(self.precision, self.calib_method, self.calib_frames)  # refuses fp8 + entropy etc.
+            if self.sensitivity is not None and not 0 < self.sensitivity < 1:
+                raise ExportError(f"--sensitivity MAX_DROP must be in (0, 1), not {self.sensitivity} (a cosine "
+                                  "drop, e.g. 0.001)")
             if self.deform_attn != "native":
                 raise ExportError(
                     f"--precision {self.precision} needs --deform-attn native: ModelOpt calibrates with ONNX "

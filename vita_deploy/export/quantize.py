@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import onnx
@@ -41,6 +41,7 @@ QUANT_PRECISIONS = ("int8", "fp8")
 CALIB_METHODS = {"int8": ("max", "entropy"), "fp8": ("max",)}
 CALIB_FILE, PLACEMENT_JSON, PLACEMENT_MD = "calibration.npz", "quant_placement.json", "quant_placement.md"
 CPU_INT8_SUFFIX = ".cpu_int8.onnx"  # frame_detector.onnx -> frame_detector.cpu_int8.onnx
+CPU_INT8_FILES = ("frame_detector" + CPU_INT8_SUFFIX, "mask_features" + CPU_INT8_SUFFIX)
 CPU_INT8_FORMAT = ("U8S8 Q/DQ: uint8 activations (min-max), int8 per-channel weights; onnxruntime.quantization "
                    "quantize_static, same frames and placement")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -193,11 +194,13 @@ def block_of(scope: str) -> str:
     return parts[0]
 
 
-def placement(model: onnx.ModelProto, blocks: set[str] | None = None) -> dict[str, list[str]]:
+def placement(model: onnx.ModelProto, blocks: set[str] | None = None, kept_blocks: Collection[str] = ()
+              ) -> dict[str, list[str]]:
     """{"quantize": [node names], "exclude": [node names]} over the graph's Conv / MatMul / Gemm nodes.
 
-    A node is quantized when its module lies under QUANTIZED_SCOPES and not under KEPT_SCOPES (and, when `blocks`
-    is given, its block is one of them: the sensitivity sweep quantizes one block at a time)."""
+    A node is quantized when its module lies under QUANTIZED_SCOPES and not under KEPT_SCOPES, and its block is
+    not in `kept_blocks` (blocks the sensitivity sweep found too sensitive); when `blocks` is given, only nodes of
+    those blocks (the sweep quantizes one block at a time)."""
     chosen, excluded = [], []
     for n in model.graph.node:
         if n.op_type not in QUANTIZED_OPS:
@@ -205,10 +208,16 @@ def placement(model: onnx.ModelProto, blocks: set[str] | None = None) -> dict[st
         scope = _strip_root(node_scope(n))
         parts = scope.split(".")
         ok = bool(parts) and parts[0] in QUANTIZED_SCOPES and not any(k in parts for k in KEPT_SCOPES)
-        if ok and blocks is not None:
-            ok = block_of(scope) in blocks
+        ok = ok and block_of(scope) not in kept_blocks and (blocks is None or block_of(scope) in blocks)
         (chosen if ok else excluded).append(n.name)
     return {"quantize": chosen, "exclude": excluded}
+
+
+def sensitive_blocks(table: dict[str, dict], max_drop: float) -> list[str]:
+    """Blocks to keep in fp32: those whose quantization alone lowers the frame-query or the mask-feature cosine
+    to fp32 by more than `max_drop` (1 - cosine, mean over rows)."""
+    return sorted(b for b, s in table.items()
+                  if 1 - s["frame_queries_cosine"] > max_drop or 1 - s["mask_features_cosine"] > max_drop)
 
 
 # ---------------------------------------------------------------------------------------------------- quantizing
@@ -262,14 +271,21 @@ def write_placement(out_dir: Path, record: dict) -> None:
              f"Calibration: {record['calib_frames']} frames, {record['calib_source']}.", "",
              "Rule: Conv / MatMul / Gemm nodes under " + ", ".join(QUANTIZED_SCOPES) + " are quantized, except "
              + ", ".join(KEPT_SCOPES) + "; everything else (frame decoder, heads, LayerNorm, Softmax, the VITA "
-             "graph) stays fp32.", ""]
+             "graph) stays fp32."]
+    kept = record.get("kept_fp32_blocks")
+    if kept is not None:
+        lines.append(f"Sensitivity: blocks whose quantization alone lowers the frame-query or mask-feature cosine "
+                     f"by more than {record['sensitivity_max_drop']:g} stay fp32: {', '.join(kept) or 'none'}.")
+    lines.append("")
     for graph, g in record["graphs"].items():
         lines.append(f"- {graph}: {len(g['quantize'])} nodes quantized, {len(g['exclude'])} kept fp32")
     if record.get("sensitivity"):
-        lines += ["", "| block (quantized alone) | nodes | frame-query rel err | mask-feature rel err |",
-                  "|---|---|---|---|"]
+        lines += ["", "| block (quantized alone) | nodes | frame-query cosine | mask-feature cosine | "
+                  "frame-query rel err | mask-feature rel err | placement |", "|---|---|---|---|---|---|---|"]
         for b, s in record["sensitivity"].items():
-            lines.append(f"| {b} | {s['nodes']} | {s['frame_queries_rel']:.2e} | {s['mask_features_rel']:.2e} |")
+            lines.append(f"| {b} | {s['nodes']} | {s['frame_queries_cosine']:.6f} | {s['mask_features_cosine']:.6f} "
+                         f"| {s['frame_queries_rel']:.2e} | {s['mask_features_rel']:.2e} | "
+                         f"{'fp32 (sensitive)' if b in (kept or ()) else record['precision']} |")
     atomic_write_text(out_dir / PLACEMENT_MD, "\n".join(lines) + "\n")
 
 
@@ -310,10 +326,15 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)))
 
 
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) mask features -> (N, H, W, C): one row per pixel for `_cosine`."""
+    return np.moveaxis(x, 1, -1)
+
+
 def sensitivity(src: Path, images: np.ndarray, options: QuantOptions, log: Callable[[str], None] = print
                 ) -> dict[str, dict]:
     """Per-block sensitivity of the frame detector: quantize one block at a time (the placement restricted to it)
-    and measure frame-query and mask-feature relative error and frame-query cosine vs the fp32 graph."""
+    and measure frame-query and mask-feature cosine (per query / per pixel) and relative error vs the fp32 graph."""
     model = onnx.load(str(src))
     ref = _run(src, images)
     blocks = sorted({block_of(_strip_root(node_scope(n))) for n in model.graph.node
@@ -328,10 +349,12 @@ def sensitivity(src: Path, images: np.ndarray, options: QuantOptions, log: Calla
             table[b] = {"nodes": len(place["quantize"]),
                         "frame_queries_rel": rel_err(out["frame_queries"], ref["frame_queries"]),
                         "frame_queries_cosine": _cosine(out["frame_queries"], ref["frame_queries"]),
-                        "mask_features_rel": rel_err(out["mask_features"], ref["mask_features"])}
-            log(f"      sensitivity {b}: {table[b]['nodes']} nodes, frame-query rel "
-                f"{table[b]['frame_queries_rel']:.2e} (cos {table[b]['frame_queries_cosine']:.5f}), mask-feature "
-                f"rel {table[b]['mask_features_rel']:.2e}")
+                        "mask_features_rel": rel_err(out["mask_features"], ref["mask_features"]),
+                        "mask_features_cosine": _cosine(_channels_last(out["mask_features"]),
+                                                        _channels_last(ref["mask_features"]))}
+            log(f"      sensitivity {b}: {table[b]['nodes']} nodes, frame-query cosine "
+                f"{table[b]['frame_queries_cosine']:.5f} (rel {table[b]['frame_queries_rel']:.2e}), mask-feature "
+                f"cosine {table[b]['mask_features_cosine']:.5f} (rel {table[b]['mask_features_rel']:.2e})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return table
@@ -339,12 +362,14 @@ def sensitivity(src: Path, images: np.ndarray, options: QuantOptions, log: Calla
 
 def quantize_export(out_dir: Path, files: dict[str, str], cfg: ModelConfig, options: QuantOptions,
                     image_size: tuple[int, int], frames: list[np.ndarray], source: str,
-                    measure_sensitivity: bool = False, log: Callable[[str], None] = print) -> dict:
+                    sensitivity_max_drop: float | None = None, log: Callable[[str], None] = print) -> dict:
     """Quantize the fp32 `native` graphs of an export in place: the frame detector and the mask-feature graph
-    (same placement rule, same calibration frames); the VITA head stays fp32 (placement). Writes calibration.npz
+    (same placement, same calibration frames); the VITA head stays fp32 (placement). Writes calibration.npz
     and quant_placement.{json,md}; returns the manifest's "quantization" record.
 
-    files: {graph: file name in out_dir} of the exported fp32 graphs; frames, source: `sample_frames`."""
+    files: {graph: file name in out_dir} of the exported fp32 graphs; frames, source: `sample_frames`.
+    sensitivity_max_drop: when given, measure each block's sensitivity on the frame detector first and keep in fp32
+    the blocks whose quantization alone costs more than this much cosine (`sensitive_blocks`)."""
     import modelopt
 
     from vita_deploy.files import file_sha256
@@ -358,8 +383,12 @@ def quantize_export(out_dir: Path, files: dict[str, str], cfg: ModelConfig, opti
     if "frame_detector" in files:
         detector = out_dir / files["frame_detector"]
         fp32 = _run(detector, images)
-        if measure_sensitivity:
+        if sensitivity_max_drop is not None:
             record["sensitivity"] = sensitivity(detector, images, options, log)
+            record["sensitivity_max_drop"] = sensitivity_max_drop
+            record["kept_fp32_blocks"] = sensitive_blocks(record["sensitivity"], sensitivity_max_drop)
+            log(f"      kept in fp32 (alone, cosine drop > {sensitivity_max_drop:g}): "
+                f"{', '.join(record['kept_fp32_blocks']) or 'none'}")
         # the VITA graph's calibration data: the frame queries the fp32 detector produces on the calibration frames
         save_calibration(out_dir / CALIB_FILE, images, fp32["frame_queries"])
     else:
@@ -370,7 +399,7 @@ def quantize_export(out_dir: Path, files: dict[str, str], cfg: ModelConfig, opti
         if graph in files:
             path = out_dir / files[graph]
             model = onnx.load(str(path))
-            place = placement(model)
+            place = placement(model, kept_blocks=record.get("kept_fp32_blocks", ()))
             if options.precision == "int8":  # from the fp32 graph, before ModelOpt replaces it
                 twin = path.with_name(path.name.removesuffix(".onnx") + CPU_INT8_SUFFIX)
                 in_fresh_process(ort_cpu_variant, path, twin, images, place)

@@ -1,14 +1,15 @@
-"""INT8 / FP8 quantization: accuracy of tiny on the synthetic val set and CPU speed of the r50 detector.
+"""INT8 / FP8 quantization: accuracy on the synthetic val set and CPU speed of the frame detector.
 
-    python benchmarks/bench_quant.py --work /tmp/qbench --parts accuracy speed
+    python benchmarks/bench_quant.py --work /tmp/qbench --config tiny --parts accuracy speed
+    python benchmarks/bench_quant.py --work /tmp/qbench --config r50 --parts speed --num-videos 4
 
-accuracy: the shipped tiny checkpoint exported `native` in fp32 / int8 / fp8 (ModelOpt, default synthetic
-    calibration), each verified with `python -m vita_deploy.commands.verify --videos <40 synthetic val videos>` (AP of the
-    export vs eager, matched mask IoU). fp8 runs in ONNX Runtime with session.disable_quant_qdq (no CPU FP8 kernels).
-speed: the r50 frame detector (random weights; speed does not depend on them) exported at a fixed 384x640 (a
-    360p frame padded), batch 1, then quantized two ways with the same calibration frames: ModelOpt's S8S8 Q/DQ
-    graph (what TensorRT builds) and ONNX Runtime's own static quantizer with unsigned activations and signed
-    per-channel weights (U8S8 Q/DQ, `vita_deploy.export.quantize.ort_cpu_variant`). Median of --repeats runs after
+accuracy: `vita-deploy export --deform-attn native --precision fp32|int8|fp8 --sensitivity` (tiny: the shipped
+    checkpoint, default synthetic calibration; r50: random weights, calibrated on 8 synthetic videos of seed 1),
+    each verified with `vita-deploy verify --videos <synthetic val videos, seed 0>` (AP of export vs eager, matched
+    mask IoU, frame-query cosine); int8 twice: the CPU twin ONNX Runtime runs (--int8-graph auto) and the S8S8 graph
+    TensorRT builds, emulated (--int8-graph tensorrt). fp8 runs as fake-quantized fp32 (no CPU FP8 kernels).
+speed: the frame detector exported at a fixed 360p canvas (r50 384x640, tiny 160x288), batch 1, fp32 and int8:
+    fp32 vs the int8 export's S8S8 graph and its U8S8 CPU twin (same calibration). Median of --repeats runs after
     --warmup, --threads intra-op threads; one profiled run per graph lists the kernels ONNX Runtime ran.
 Writes OUT.json and OUT.md (default benchmarks/results/quant_cpu).
 """
@@ -67,32 +68,60 @@ def val_data(work: Path) -> Path:
     return data
 
 
-def accuracy(work: Path, num_videos: int, calib_frames: int) -> list[dict]:
-    from vita_deploy.commands import verify
+def calib_data(work: Path) -> Path:
+    """Calibration videos kept apart from the evaluated ones: 8 synthetic val videos of another seed (1)."""
+    from vita_deploy.data import synthetic
+
+    data = work / "synthetic_calib"
+    if not (data / "valid.json").is_file():
+        assert synthetic.main(["--out", str(data), "--videos", "1", "--val-videos", "8", "--seed", "1"]) == 0
+    return data / "valid"
+
+
+def _export(out: Path, config: str, precision: str, extra: list[str]) -> None:
     from vita_deploy.commands.export import main as export_main
+
+    if not (out / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        assert export_main(["--config", config, "--out-dir", str(out), "--deform-attn", "native", "--precision",
+                            precision, *extra]) == 0
+        print(f"export {out.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+def accuracy(work: Path, config: str, num_videos: int, calib_frames: int) -> list[dict]:
+    """fp32 / int8 (the CPU twin ONNX Runtime runs, and the S8S8 graph TensorRT builds, emulated) / fp8 exports of
+    `config` verified on the synthetic val videos: AP of export vs eager, matched mask IoU, frame-query cosine.
+    tiny: the shipped checkpoint; r50: random weights (seed 0), so AP means nothing and IoU / cosine are the figures."""
+    from vita_deploy.commands import verify
 
     data = val_data(work)
     rows = []
-    for precision in ("fp32", "int8", "fp8"):
-        out = work / f"tiny_{precision}"
-        if not (out / "manifest.json").is_file():
-            t0 = time.perf_counter()
-            args = ["--config", "tiny", "--out-dir", str(out), "--deform-attn", "native", "--precision", precision,
-                    "--max-frames", "64"]
-            assert export_main(args + (["--calib-frames", str(calib_frames), "--sensitivity"]
-                                       if precision != "fp32" else [])) == 0
-            print(f"export {precision}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        report = work / f"verify_{precision}.json"
+    for precision, int8_graph in (("fp32", "auto"), ("int8", "auto"), ("int8", "tensorrt"), ("fp8", "auto")):
+        out = work / f"{config}_{precision}"
+        extra = ["--max-frames", "64"]
+        if precision != "fp32":
+            extra += ["--calib-frames", str(calib_frames), "--sensitivity"]
+            if config != "tiny":
+                extra += ["--calib", str(calib_data(work))]
+        _export(out, config, precision, extra)
+        report = work / f"verify_{config}_{precision}_{int8_graph}.json"
         report.unlink(missing_ok=True)
         rc = verify.main(["--export", str(out), "--backend", "onnxruntime", "--videos", str(data), "--num-videos",
-                          str(num_videos), "--device", "cpu", "--report", str(report)])
+                          str(num_videos), "--device", "cpu", "--int8-graph", int8_graph, "--report", str(report)])
         r = json.loads(report.read_text())
         v = r["video"]
         fq = [t["cosine"] for k, t in r["tensors"].items() if "frame_queries" in k]
-        rows.append({"part": "accuracy", "config": "tiny (shipped checkpoint)", "precision": precision,
-                     "videos": v["videos"], "ap_eager": v.get("ap_eager"), "ap_export": v.get("ap_backend"),
-                     "delta_ap": v.get("delta_ap"), "mean_matched_iou": v["mean_matched_iou"],
-                     "min_matched_iou": v["min_matched_iou"], "frame_query_cosine_random_inputs": min(fq),
+        q = json.loads((out / "manifest.json").read_text()).get("quantization") or {}
+        graph = {"fp32": "fp32", "fp8": "fp8 Q/DQ (ORT: fake-quantized fp32)"}.get(precision) or (
+            "int8 CPU twin (U8S8, ORT QLinearConv)" if int8_graph == "auto" else "int8 S8S8 Q/DQ (TensorRT graph, "
+            "ORT-emulated)")
+        rows.append({"part": "accuracy", "config": config + (" (shipped checkpoint)" if config == "tiny" else
+                                                            " (random weights)"),
+                     "precision": precision, "graph": graph, "videos": v["videos"], "instances": v["instances"],
+                     "ap_eager": v.get("ap_eager"), "ap_export": v.get("ap_backend"), "delta_ap": v.get("delta_ap"),
+                     "mean_matched_iou": v["mean_matched_iou"], "min_matched_iou": v["min_matched_iou"],
+                     "frame_query_cosine_random_inputs": min(fq), "kept_fp32_blocks": q.get("kept_fp32_blocks"),
+                     "calibration": f"{q.get('calib_frames')} frames of {q.get('calib_source')}" if q else None,
                      "verify_rc": rc})
         print(rows[-1], file=sys.stderr)
     return rows
@@ -100,49 +129,36 @@ def accuracy(work: Path, num_videos: int, calib_frames: int) -> list[dict]:
 
 def speed(work: Path, threads: int, repeats: int, warmup: int, calib_frames: int, config: str = "r50"
           ) -> list[dict]:
-    import onnx
+    """The frame detector at a fixed 360p canvas, batch 1: fp32 vs the int8 export's two graphs (the CPU twin and
+    the S8S8 TensorRT graph), ONNX Runtime CPU, with the kernels each ran."""
     import onnxruntime as ort
 
-    from vita_deploy.config import get_config
-    from vita_deploy.commands.export import main as export_main
-    from vita_deploy.export.quantize import (QuantOptions, _cosine, calibration_images, ort_cpu_variant,
-                                             ort_session_options, placement, quantize_graph, sample_frames)
+    from vita_deploy.export.quantize import _cosine, ort_session_options
 
-    cfg = get_config(config)
     size = (384, 640) if config == "r50" else (160, 288)  # a 360p frame after the config's resize, padded
-    fp32 = work / f"{config}_fp32_speed"
-    if not (fp32 / "manifest.json").is_file():
-        t0 = time.perf_counter()
-        assert export_main(["--config", config, "--out-dir", str(fp32), "--deform-attn", "native", "--height",
-                            str(size[0]), "--width", str(size[1]), "--max-batch", "1", "--graphs",
-                            "frame_detector"]) == 0
-        print(f"{config} export: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    src = fp32 / "frame_detector.onnx"
-    frames, source = sample_frames([val_data(work)], cfg, calib_frames)
-    images = calibration_images(frames, cfg, size)
-    variants = {"fp32": src, "int8 S8S8 (ModelOpt, TensorRT format)": work / f"{config}_int8_modelopt.onnx",
-                "int8 U8S8 (ONNX Runtime quantizer, CPU format)": work / f"{config}_int8_ort_u8s8.onnx"}
-    model = onnx.load(str(src))
-    place = placement(model)
-    if not variants["int8 S8S8 (ModelOpt, TensorRT format)"].is_file():
-        quantize_graph(src, variants["int8 S8S8 (ModelOpt, TensorRT format)"], images, QuantOptions("int8"), place)
-    if not variants["int8 U8S8 (ONNX Runtime quantizer, CPU format)"].is_file():
-        ort_cpu_variant(src, variants["int8 U8S8 (ONNX Runtime quantizer, CPU format)"], images, place)
+    fixed = ["--height", str(size[0]), "--width", str(size[1]), "--max-batch", "1", "--graphs", "frame_detector"]
+    calib = [] if config == "tiny" else ["--calib", str(calib_data(work))]
+    _export(work / f"{config}_fp32_speed", config, "fp32", fixed)
+    _export(work / f"{config}_int8_speed", config, "int8", fixed + calib + ["--calib-frames", str(calib_frames)])
+    q = work / f"{config}_int8_speed"
+    images = np.load(q / "calibration.npz")["images"]
+    variants = {"fp32": work / f"{config}_fp32_speed" / "frame_detector.onnx",
+                "int8 S8S8 Q/DQ (ModelOpt, the TensorRT graph)": q / "frame_detector.onnx",
+                "int8 U8S8 Q/DQ (the CPU twin, ORT's quantizer)": q / "frame_detector.cpu_int8.onnx"}
     feeds = {"images": images[:1]}
     ref = None
     rows = []
     for name, path in variants.items():
-        so = ort_session_options("int8" if "int8" in name else "fp32", threads)
+        so = ort_session_options("fp32", threads)
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         outs = [sess.run(None, {"images": images[i: i + 1]}) for i in range(len(images))]
         fq = np.concatenate([o[0] for o in outs])
         ref = fq if ref is None else ref
         ms = _median_ms(sess, feeds, repeats, warmup)
         rows.append({"part": "speed", "graph": f"{config} frame detector 1x3x{size[0]}x{size[1]}", "variant": name,
-                     "threads": threads,
-                     "median_ms": round(ms, 1), "frame_query_cosine_vs_fp32": _cosine(fq, ref),
-                     "kernels": _kernels(path, ort_session_options("int8", threads), feeds, work),
-                     "calibration": f"{len(images)} frames of {source}"})
+                     "threads": threads, "median_ms": round(ms, 1), "frame_query_cosine_vs_fp32": _cosine(fq, ref),
+                     "kernels": _kernels(path, ort_session_options("fp32", threads), feeds, work),
+                     "calibration": f"{len(images)} frames"})
         print(rows[-1], file=sys.stderr)
     base = rows[0]["median_ms"]
     for r in rows:
@@ -154,12 +170,15 @@ def markdown(rows: list[dict], env: dict) -> str:
     lines = [f"# INT8 / FP8 quantization ({env['processor']}, {env['date']})", "", f"`{env['command']}`", ""]
     acc = [r for r in rows if r["part"] == "accuracy"]
     if acc:
-        lines += ["| config | precision | videos | AP eager | AP export | dAP | mean / min matched mask IoU | "
-                  "frame-query cosine (random inputs) | verify |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| config | graph | videos | AP eager | AP export | dAP | mean / min matched mask IoU | "
+                  "frame-query cosine (random inputs) | kept fp32 by sensitivity | verify |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in acc:
-            lines.append(f"| {r['config']} | {r['precision']} | {r['videos']} | {r['ap_eager']:.2f} | "
+            kept = r["kept_fp32_blocks"]
+            lines.append(f"| {r['config']} | {r['graph']} | {r['videos']} | {r['ap_eager']:.2f} | "
                          f"{r['ap_export']:.2f} | {r['delta_ap']:+.2f} | {r['mean_matched_iou']:.4f} / "
                          f"{r['min_matched_iou']:.4f} | {r['frame_query_cosine_random_inputs']:.5f} | "
+                         f"{'-' if kept is None else ', '.join(kept) or 'none'} | "
                          f"{'pass' if r['verify_rc'] == 0 else 'FAIL'} |")
     sp = [r for r in rows if r["part"] == "speed"]
     if sp:
@@ -180,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/quant_cpu"))
     p.add_argument("--num-videos", type=cli.positive_int, default=40)
     p.add_argument("--calib-frames", type=cli.positive_int, default=16)
-    p.add_argument("--speed-config", choices=["r50", "tiny"], default="r50", help="detector timed by --parts speed")
+    p.add_argument("--config", choices=["r50", "tiny"], default="tiny",
+                   help="model of --parts accuracy and speed (tiny: the shipped checkpoint; r50: random weights, "
+                        "calibrated on synthetic videos of another seed)")
     p.add_argument("--threads", type=cli.positive_int, default=2)
     p.add_argument("--repeats", type=cli.positive_int, default=5)
     p.add_argument("--warmup", type=cli.nonnegative_int, default=2)
@@ -194,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(argv)
     rows = []
     if "accuracy" in a.parts:
-        rows += accuracy(a.work, a.num_videos, a.calib_frames)
+        rows += accuracy(a.work, a.config, a.num_videos, a.calib_frames)
     if "speed" in a.parts:
-        rows += speed(a.work, a.threads, a.repeats, a.warmup, a.calib_frames, a.speed_config)
+        rows += speed(a.work, a.threads, a.repeats, a.warmup, a.calib_frames, a.config)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_rows(a.out, env, rows, markdown(rows, env))
     print(markdown(rows, env))

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -295,3 +296,51 @@ def test_datacenter_build_for_this_gpu(graphs, tmp_path):
     if not DATACENTER.strongly_typed_only:
         sidecar = build_engine(graphs["conv"], tmp_path / "c16.engine", BuildOptions(fp16=True), backend=DATACENTER)
         assert "FP16" in sidecar["builder"]["builder_flags"]
+
+
+def _qdq_conv_graph(path: Path, precision: str) -> Path:
+    """images (N, 3, 16, 16) -> Q -> DQ -> Conv(DQ(weights)) -> Relu: an explicitly quantized graph in the form
+    ModelOpt writes (symmetric, zero points 0; int8 per-tensor activations, per-channel weights; fp8 E4M3)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    qtype = TensorProto.INT8 if precision == "int8" else TensorProto.FLOAT8E4M3FN
+    rng = np.random.default_rng(0)
+    w = rng.integers(-100, 100, (8, 3, 3, 3)).astype(np.int8)
+    if precision == "fp8":
+        wq = helper.make_tensor("wq", qtype, w.shape, rng.standard_normal(w.size).astype(np.float32).tolist())
+        w_scale = numpy_helper.from_array(np.array(0.01, np.float32), "w_scale")
+        w_zero = helper.make_tensor("w_zero", qtype, [], [0.0])
+    else:
+        wq = numpy_helper.from_array(w, "wq")
+        w_scale = numpy_helper.from_array(np.full(8, 0.01, np.float32), "w_scale")
+        w_zero = numpy_helper.from_array(np.zeros(8, np.int8), "w_zero")
+    x_scale = numpy_helper.from_array(np.array(0.02, np.float32), "x_scale")
+    x_zero = helper.make_tensor("x_zero", qtype, [], [0])
+    nodes = [helper.make_node("QuantizeLinear", ["images", "x_scale", "x_zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xdq"]),
+             helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zero"], ["w"],
+                              **({"axis": 0} if precision == "int8" else {})),
+             helper.make_node("Conv", ["xdq", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["out"])]
+    graph = helper.make_graph(nodes, "qdq_conv",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8, 16, 16])],
+                              [wq, w_scale, w_zero, x_scale, x_zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@needs_rtx
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_build_records_explicit_quantization(tmp_path, precision):
+    """A Q/DQ graph builds ahead of time (SM89: FP8 and INT8 tensor cores) and the sidecar's precision says it is
+    explicitly quantized, in which 8-bit type: `export --precision int8|fp8` graphs are labelled like this."""
+    graph = _qdq_conv_graph(tmp_path / f"qdq_{precision}.onnx", precision)
+    options = BuildOptions(shapes=combine_shape_flags("images:1x3x16x16", "images:2x3x16x16", "images:4x3x16x16"),
+                           compute_capabilities=("89",), memory_pools={"workspace": 256 << 20},
+                           optimization_level=2)
+    sidecar = build_engine(graph, tmp_path / "qdq.engine", options, backend=RTX)
+    assert sidecar["precision"] == f"{precision} Q/DQ (explicit quantization), fp32 (strongly typed)", sidecar
+    assert sidecar["strongly_typed"] is True and (tmp_path / "qdq.engine").stat().st_size > 1000

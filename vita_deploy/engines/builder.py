@@ -136,7 +136,8 @@ def network_io(network) -> list[dict]:
 
 
 def network_precision(backend: Backend, network, fp16_flag: bool) -> str:
-    """What the engine computes in: the FP16 flag (weak typing), or the float types the layers declare."""
+    """What the engine computes in: the FP16 flag (weak typing), or the types the layers declare: float types,
+    and int8 / fp8 where Quantize layers (an explicitly quantized Q/DQ graph) produce them."""
     if fp16_flag:
         return "fp32+fp16 (weakly typed, FP16 builder flag)"
     seen = set()
@@ -144,13 +145,15 @@ def network_precision(backend: Backend, network, fp16_flag: bool) -> str:
         layer = network.get_layer(i)
         for j in range(layer.num_outputs):
             name = dtype_name(layer.get_output(j).dtype)
-            if name in ("fp32", "fp16", "bf16"):
+            if name in ("fp32", "fp16", "bf16", "int8", "fp8"):
                 seen.add(name)
-    low = sorted(seen - {"fp32"})
-    if not low:
-        return "fp32 (strongly typed)"
-    islands = " with fp32 islands" if "fp32" in seen else ""
-    return f"{'+'.join(low)}{islands} (strongly typed)"
+    quantized = sorted(seen & {"int8", "fp8"})
+    floats = seen - {"int8", "fp8"}
+    low = sorted(floats - {"fp32"})
+    text = f"{'+'.join(low)}{' with fp32 islands' if 'fp32' in floats else ''}" if low else "fp32"
+    if quantized:
+        text = f"{'+'.join(quantized)} Q/DQ (explicit quantization), {text}"
+    return f"{text} (strongly typed)"
 
 
 # --- network -> config --------------------------------------------------------------------------------------

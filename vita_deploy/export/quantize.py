@@ -11,7 +11,13 @@ sampling offsets / attention weights and the heads in higher precision. Here a n
 Conv (backbone, pixel decoder input projections / FPN, mask-feature convs) or a MatMul/Gemm of the pixel decoder's
 encoder that is *not* a sampling-offset or attention-weight projection; everything else (the frame decoder, every
 head, LayerNorm, Softmax, the whole VITA graph) stays fp32. Modules are read off the exporter's per-node
-`pkg.torch.onnx.name_scopes` metadata, so the rule names modules, not generated node names.
+`pkg.torch.onnx.name_scopes` metadata, so the rule names modules, not generated node names. With `--sensitivity`,
+each block (backbone stage, pixel-decoder part) is first quantized alone and the blocks that cost more than the
+given cosine drop stay fp32 (`sensitivity`, `sensitive_blocks`).
+
+Two INT8 formats from one calibration: ModelOpt's symmetric S8S8 Q/DQ graph, which TensorRT builds, replaces the
+fp32 graph; a CPU twin (`<graph>.cpu_int8.onnx`, `ort_cpu_variant`) in the format ONNX Runtime's CPU provider fuses
+into 8-bit kernels (U8S8 with quantized outputs) is written next to it and run by ONNX Runtime on the CPU.
 
 Calibration data: frames sampled evenly across user videos (mp4 files, frame folders, YouTube-VIS folders) or, for
 `tiny`, across videos of the synthetic generator; pre-processed exactly as the runtime does (shortest-edge resize,
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -221,15 +228,30 @@ def sensitive_blocks(table: dict[str, dict], max_drop: float) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- quantizing
+class _NoNvmlNoise(logging.Filter):
+    """Drops ModelOpt's "Failed to get GPU count: NVML Shared Library Not Found", logged as an ERROR on every
+    calibration on a machine without NVIDIA's driver; CPU calibration does not need a GPU count."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to get GPU count" not in record.getMessage()
+
+
+def _quiet_modelopt() -> None:
+    """ModelOpt's loggers: warnings and errors only, without the NVML noise (idempotent)."""
+    for name in ("modelopt", "modelopt.onnx"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, _NoNvmlNoise) for f in logger.filters):
+            logger.addFilter(_NoNvmlNoise())
+
+
 def quantize_graph(src: Path, dst: Path, images: np.ndarray, options: QuantOptions, place: dict[str, list[str]],
                    log: Callable[[str], None] = print) -> onnx.ModelProto:
     """Quantize one `native` graph taking `images` with ModelOpt (CPU calibration) under the given placement;
     writes `dst` atomically and returns the Q/DQ model."""
-    import logging
-
     from modelopt.onnx.quantization import quantize
 
-    logging.getLogger("modelopt").setLevel(logging.WARNING)
+    _quiet_modelopt()
     if not place["quantize"]:
         raise QuantizeError(f"the placement quantizes no node of {src.name}", src, "re-export from a vita-deploy "
                             "export of this version (node scopes are read from the exporter's metadata)")
@@ -463,6 +485,9 @@ def ort_cpu_variant(src: Path, dst: Path, images: np.ndarray, place: dict[str, l
             x = next(self.it, None)
             return None if x is None else {"images": x}
 
+    # its symbolic shape inference warns "Unable to determine if <size expression> <= ..., treat as equal" for every
+    # dynamic level size of the pixel decoder: harmless here (the graph's shapes come from ONNX shape inference)
+    logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="vita_ortq_"))
     try:
         # ONNX shape inference only: ORT's symbolic shape inference fails on these graphs (1.32); names kept

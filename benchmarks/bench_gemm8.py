@@ -306,6 +306,11 @@ def _x(v: float | None) -> str:
 
 
 def markdown(rows: list[dict], s: dict, env: dict, device: torch.device, base: str) -> str:
+    timings = sorted({r[f"{op}_timing"] for r in rows for op in ("base", "fp8", "int8") if r[f"{op}_timing"]})
+    cuda = device.type == "cuda"
+    kernels = "cuBLAS / cuBLASLt" if cuda else "the CPU build's"
+    kernels += " via `torch.mm`, `torch._scaled_mm`, `torch._int_mm`"
+    convs = "cuDNN" if cuda else "oneDNN / the CPU convolution kernels"
     share = "-" if s["gemm_share_of_detector"] is None else f"{s['gemm_share_of_detector']:.0%}"
     lines = [f"# 8-bit GEMMs of the {s['config']} frame detector, {s['input']}, torch kernels on {device.type}", "",
              f"Machine: {env.get('gpu', env['processor'])}, torch {env['torch']} ({env['torch_threads']} threads), "
@@ -313,13 +318,15 @@ def markdown(rows: list[dict], s: dict, env: dict, device: torch.device, base: s
              f"- GEMM share only: {s['layers']} Conv2d / Linear / attention-projection GEMMs ({s['distinct_shapes']} "
              "distinct shapes); the detector also runs deformable sampling, GroupNorm / LayerNorm, attention's "
              "batched matmuls and softmax, upsampling and adds, which 8-bit GEMMs do not change.",
-             f"- torch's own kernels (cuBLAS / cuBLASLt via `torch.mm`, `torch._scaled_mm`, `torch._int_mm`), not "
-             f"TensorRT; baseline `a @ b` in {base}; the detector runs its convolutions through cuDNN, not `mm`.",
-             "- 8-bit times are the GEMM alone on pre-quantized inputs: quantizing activations, dequantizing the "
-             "INT32 result and the padding copies are not timed (TensorRT fuses them into neighbouring layers); "
-             "inputs stay in cache across repeated calls.",
-             "- detector bound: the detector's eager time with its GEMM time replaced "
-             "(detector - GEMMs in the baseline + GEMMs in 8-bit), an upper bound on what the GEMMs alone can give.",
+             f"- torch's own kernels ({kernels}), not TensorRT; baseline `a @ b` in {base}; the detector itself runs "
+             f"its convolutions through {convs}, not `mm`.",
+             "- 8-bit times are the GEMM alone on pre-quantized inputs (copies into padded buffers, quantizing "
+             "activations and dequantizing the result are not timed: TensorRT fuses them into neighbouring layers); "
+             "the inputs stay in cache across the repeated calls.",
+             "- detector bound: the detector's own eager time (fp16 autocast on CUDA, fp32 on the CPU) with its GEMM "
+             "time replaced (detector - GEMMs in the baseline + GEMMs in 8-bit): what the GEMMs alone can give" +
+             (", with the GEMMs timed without launch overhead and the detector with it." if cuda else "."),
+             "- timing: " + ("; ".join(timings) if timings else "nothing was timed") + ".",
              "",
              "| | baseline | fp8 (`_scaled_mm`) | int8 (`_int_mm`) | best per shape |",
              "| --- | --- | --- | --- | --- |",
@@ -346,8 +353,6 @@ def markdown(rows: list[dict], s: dict, env: dict, device: torch.device, base: s
         lines.append(f"| {r['blocks']} | {r['count']} | {r['M']} | {r['K']} | {r['N']} | {_ms(r['base_ms'])} | "
                      f"{_ms(r['fp8_ms'])} | {_x(r['fp8_speedup'])} | {r['fp8_padding'] or '-'} | {_ms(r['int8_ms'])} | "
                      f"{_x(r['int8_speedup'])} | {r['int8_padding'] or '-'} | {errs} | {notes} |")
-    timings = sorted({r[f"{op}_timing"] for r in rows for op in ("base", "fp8", "int8") if r[f"{op}_timing"]})
-    lines += ["", "Timing: " + "; ".join(timings) + "." if timings else "Timing: nothing was timed."]
     return "\n".join(lines) + "\n"
 
 

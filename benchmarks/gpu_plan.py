@@ -21,6 +21,10 @@ Prediction (seconds per step = processes x FIXED_S + GPU frames x ms/frame x mod
   the untimed warm-up run.
 - Kernel benchmark: the float64 references on the host, 3 per N, at 210 ms per frame (grid_sample reference
   3,769 ms for N = 18 on 1 thread, benchmarks/results/kernels_cpu.md); the GPU timings themselves are milliseconds.
+- 8-bit GEMM step: GEMM8_SHAPES = 40 distinct GEMM shapes (34 for r50 at 384x640, counted on this CPU, rounded up)
+  x 3 ops (fp16, fp8, int8) x GEMM8_OP_S = 0.1 s each (an allowance, not measured: quantizing on the device, the
+  reference check, cuBLASLt's first-call heuristics, graph capture and 60 replays of 20 calls of a GEMM of at most
+  ~18 GFLOP, tens of microseconds each on an H200), plus 60 eager detector frames at GPU_MS_PER_FRAME.
 Each step is also given the time left in its part (the part's budget, default 540 s, under the 600 s cap of one
 device command) as a timeout, and a step predicted not to fit in what is left is skipped and listed as such, so a
 part always ends with its archive and summary.
@@ -49,6 +53,8 @@ ENCODE_MS = 0.8
 DECODE_MS = 0.35
 FIXED_S = 20.0
 REF64_MS_PER_FRAME = 210.0
+GEMM8_SHAPES = 40
+GEMM8_OP_S = 0.1
 PART_BUDGET_S = 540.0
 
 # The GPU machine's image (tensorrt_notes.md "More facts"): these distributions and what they need, nothing else.
@@ -124,8 +130,23 @@ def _kernel_step() -> Step:
                 "10 s model check", toy_env={"TRITON_INTERPRET": "1"})
 
 
+def _gemm8_step() -> Step:
+    repeats, warmup = 50, 10
+    s = FIXED_S + GEMM8_SHAPES * 3 * GEMM8_OP_S + (repeats + warmup) * GPU_MS_PER_FRAME / 1000
+    return Step("gpu_gemm8", "r50 frame detector's GEMMs (Conv2d as implicit GEMM, Linear, attention projections) at "
+                "384x640: fp16 mm vs FP8 torch._scaled_mm vs INT8 torch._int_mm, ms per shape, count-weighted total "
+                "and the detector bound (GEMM share only; torch kernels, not TensorRT)",
+                ["benchmarks/bench_gemm8.py", "--config", "r50", "--size", "384x640", "--device", "cuda", "--repeats",
+                 str(repeats), "--warmup", str(warmup), "--out", "{out}/gpu_gemm8"],
+                ["benchmarks/bench_gemm8.py", "--config", "tiny", "--size", "64x96", "--device", "cpu", "--repeats",
+                 "1", "--warmup", "0", "--threads", "1", "--out", "{out}/gpu_gemm8"],
+                s, f"{FIXED_S:.0f} s + {GEMM8_SHAPES} shapes x 3 ops x {GEMM8_OP_S:g} s + {repeats + warmup} detector "
+                f"frames x {GPU_MS_PER_FRAME:.2f} ms")
+
+
 def parts() -> dict[int, list[Step]]:
-    """Part 1: the README targets' figures. Part 2: what explains them (precisions, kernel in the model, auto)."""
+    """Part 1: the README targets' figures. Part 2: what explains them (precisions, kernel in the model, auto) and
+    what 8-bit GEMMs could add."""
     return {
         1: [_e2e_step("gpu_r50_fp16", "r50 360p end to end, eager fp16 (autocast), T = 36 / 360 (README target: "
                       ">= 700 fps at T = 36 on an H200)", ["fp16"], [36, 360], 3, 1, ["fp16", "fp32"]),
@@ -141,7 +162,8 @@ def parts() -> dict[int, list[Step]]:
                             deform=["reference", "triton"], toy_env={"TRITON_INTERPRET": "1"},
                             toy_frames=["1"]),
             _streaming_step("gpu_auto_long", "r50 fp16 360p --features auto at T = 3,600 (what a user gets by default)",
-                            [3600], ["auto"])],
+                            [3600], ["auto"]),
+            _gemm8_step()],
     }
 
 

@@ -236,13 +236,16 @@ class _NoNvmlNoise(logging.Filter):
         return "Failed to get GPU count" not in record.getMessage()
 
 
-def _quiet_modelopt() -> None:
-    """ModelOpt's loggers: warnings and errors only, without the NVML noise (idempotent)."""
+def _quiet_quantizers() -> None:
+    """ModelOpt's loggers: warnings and errors only, without the NVML noise; ONNX Runtime's symbolic shape
+    inference (which both quantizers run): errors only, since it warns "Unable to determine if <size expression> <=
+    ..., treat as equal" for every dynamic level size of the pixel decoder, hundreds of lines, harmless (idempotent)."""
     for name in ("modelopt", "modelopt.onnx"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.WARNING)
         if not any(isinstance(f, _NoNvmlNoise) for f in logger.filters):
             logger.addFilter(_NoNvmlNoise())
+    logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
 
 
 def quantize_graph(src: Path, dst: Path, images: np.ndarray, options: QuantOptions, place: dict[str, list[str]],
@@ -251,7 +254,7 @@ def quantize_graph(src: Path, dst: Path, images: np.ndarray, options: QuantOptio
     writes `dst` atomically and returns the Q/DQ model."""
     from modelopt.onnx.quantization import quantize
 
-    _quiet_modelopt()
+    _quiet_quantizers()
     if not place["quantize"]:
         raise QuantizeError(f"the placement quantizes no node of {src.name}", src, "re-export from a vita-deploy "
                             "export of this version (node scopes are read from the exporter's metadata)")
@@ -485,9 +488,7 @@ def ort_cpu_variant(src: Path, dst: Path, images: np.ndarray, place: dict[str, l
             x = next(self.it, None)
             return None if x is None else {"images": x}
 
-    # its symbolic shape inference warns "Unable to determine if <size expression> <= ..., treat as equal" for every
-    # dynamic level size of the pixel decoder: harmless here (the graph's shapes come from ONNX shape inference)
-    logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
+    _quiet_quantizers()
     tmp = Path(tempfile.mkdtemp(prefix="vita_ortq_"))
     try:
         # ONNX shape inference only: ORT's symbolic shape inference fails on these graphs (1.32); names kept

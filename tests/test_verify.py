@@ -58,3 +58,25 @@ def test_infer_cli_on_the_onnxruntime_backend(tmp_path, capsys):
     assert (tmp_path / "ort.mp4").stat().st_size > 1000
     assert infer.main([str(folder), "--backend", "onnxruntime", "--device", "cpu"]) == 2
     assert "needs --export" in capsys.readouterr().err
+
+
+def test_verify_finds_the_weights_of_the_export(tmp_path, capsys):
+    """Without --checkpoint, verify compares against the weights the export was made from: an export of random
+    weights (manifest checkpoint null) against the same seed-0 random weights, not the shipped tiny checkpoint; an
+    export whose checkpoint file is gone is refused naming it (exit 2)."""
+    from vita_deploy.export.onnx_export import ExportOptions, export_model
+    from vita_deploy.loading import random_weights
+
+    export = tmp_path / "random"
+    export_model(random_weights("tiny"), export, ExportOptions(deform_attn="native", height=64, width=96,
+                                                               max_frames=8, max_batch=2),
+                 graphs=("frame_detector", "vita_head"))
+    assert json.loads((export / "manifest.json").read_text())["checkpoint"] is None
+    assert verify.main(["--export", str(export), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "exported without a checkpoint" in out and "PASS" in out
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest.update(checkpoint=str(tmp_path / "gone.pth"), checkpoint_sha256="0" * 64)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    assert verify.main(["--export", str(export), "--device", "cpu"]) == 2
+    assert f"was exported from is not here ({tmp_path / 'gone.pth'}): pass --checkpoint" in capsys.readouterr().err

@@ -20,6 +20,14 @@ def default_checkpoint(checkpoint: str | Path | None, config: str | None) -> Pat
     return Path(checkpoint) if checkpoint is not None else None
 
 
+def random_weights(config: str) -> VitaModel:
+    """The `config` model with random weights, seed 0: what export, infer and verify run without a checkpoint
+    (the same weights in every process, so an export of random weights can be verified)."""
+    print(f"warning: no checkpoint given: running the '{config}' model with RANDOM weights", file=sys.stderr)
+    torch.manual_seed(0)
+    return build_model(get_config(config)).eval()
+
+
 def load_model(checkpoint: str | Path | None, config: str | None) -> VitaModel:
     """Our checkpoint (config inside), an official one (`config`, default r50), or the shipped tiny one.
 
@@ -27,10 +35,7 @@ def load_model(checkpoint: str | Path | None, config: str | None) -> VitaModel:
     """
     checkpoint = default_checkpoint(checkpoint, config)
     if checkpoint is None:
-        name = config or "tiny"
-        print(f"warning: no checkpoint given: running the '{name}' model with RANDOM weights", file=sys.stderr)
-        torch.manual_seed(0)
-        return build_model(get_config(name)).eval()
+        return random_weights(config or "tiny")
     model = load_checkpoint(checkpoint, get_config(config) if config else None)[0]
     if config and canonical_config_name(model.cfg.name) != canonical_config_name(config):
         raise CheckpointError(f"{checkpoint} holds a '{model.cfg.name}' model, not '{config}': pass "

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
     a = p.parse_args(argv)
     if a.backend == "tensorrt" and not a.device.startswith("cuda"):
         p.error("TensorRT engines run on a CUDA GPU only: use --backend onnxruntime on the CPU")
-    from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model
+    from vita_deploy.loading import DEFAULT_CHECKPOINT, load_model, random_weights
     from vita_deploy.pipeline.video_io import read_image
 
     export_files = [f for f in Path(a.export).iterdir() if f.is_file()]
@@ -117,12 +117,22 @@ def main(argv: list[str] | None = None, prog: str = "vita-deploy verify") -> int
                              "valid/JPEGImages (e.g. from `vita-deploy data --val-videos N`)")
         gt_videos = load_ytvis_json(Path(a.videos) / "valid.json")
     manifest = load_manifest(a.export, check_graphs=True)
-    checkpoint = a.checkpoint or DEFAULT_CHECKPOINT
-    if manifest["checkpoint_sha256"] and Path(checkpoint).is_file() and \
-            file_sha256(checkpoint) != manifest["checkpoint_sha256"]:
+    # the weights the export was made from: --checkpoint, else the manifest's checkpoint (the shipped one where the
+    # manifest's path is from another machine but the hash matches), else random weights (seed 0, as the export)
+    checkpoint = a.checkpoint or manifest.get("checkpoint")
+    if checkpoint and not Path(checkpoint).is_file():
+        if not (Path(DEFAULT_CHECKPOINT).is_file() and file_sha256(DEFAULT_CHECKPOINT) == manifest["checkpoint_sha256"]):
+            raise InputError(f"the checkpoint {a.export} was exported from is not here", checkpoint,
+                             "pass --checkpoint with that file")
+        checkpoint = DEFAULT_CHECKPOINT
+    if manifest["checkpoint_sha256"] and checkpoint and file_sha256(checkpoint) != manifest["checkpoint_sha256"]:
         raise RuntimeMismatchError(f"{checkpoint} is not the checkpoint {a.export} was exported from (sha256 "
                                    "differs): pass --checkpoint with the right file, or re-export")
-    model = load_model(checkpoint if Path(checkpoint).is_file() else None, manifest["config"]["name"])
+    if checkpoint:
+        model = load_model(checkpoint, manifest["config"]["name"])
+    else:  # not load_model(None, "tiny"): that is the shipped checkpoint
+        print(f"{a.export} was exported without a checkpoint: verifying against the same random weights (seed 0)")
+        model = random_weights(manifest["config"]["name"])
     model = model.to(a.device)
     graphs = manifest["graphs"]
     two_graphs = "frame_detector" in graphs and "vita_head" in graphs

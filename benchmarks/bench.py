@@ -76,10 +76,15 @@ def plan_runs(backends: list[str], precisions: list[str], device: torch.device, 
                                 "reason": "tf32 is an eager-PyTorch CUDA mode (TF32 tensor cores for fp32 matmuls "
                                           "and convolutions); exports are fp32 or fp16, and the CPU has no TF32"})
                 continue
+            if precision in ("int8", "fp8") and backend not in EXPORTED_BACKENDS:
+                not_run.append({"backend": backend, "precision": precision, "device": str(device),
+                                "reason": f"{precision} is a quantized export (`export --precision {precision}`); "
+                                          "eager PyTorch runs fp32 / tf32 / fp16 only"})
+                continue
             if backend in EXPORTED_BACKENDS and precision not in exports:
                 have = ", ".join(f"{p} ({d})" for p, d in exports.items()) or "none"
                 raise InputError(f"--backend {backend} --precision {precision} needs an {precision} export "
-                                 f"(--export has: {have}). Make one with `python export/to_onnx.py --config {config} "
+                                 f"(--export has: {have}). Make one with `vita-deploy export --config {config} "
                                  f"--deform-attn native --precision {precision} --out-dir DIR` and add DIR to --export")
             runs.append((backend, precision))
     return runs, not_run
@@ -122,8 +127,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--checkpoint", type=cli.existing_file, help="weights (default: shipped tiny checkpoint, or random for r50)")
     p.add_argument("--backend", nargs="+", default=["torch"],
                    choices=["torch", "torch-compile", "onnxruntime", "tensorrt"])
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "tf32", "fp16"],
-                   help="eager rows set TF32 explicitly: fp32 strict, tf32 TF32 matmuls/convolutions, fp16 autocast")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "tf32", "fp16", "int8", "fp8"],
+                   help="eager rows set TF32 explicitly: fp32 strict, tf32 TF32 matmuls/convolutions, fp16 autocast; "
+                        "int8 / fp8: exported backends only (an `export --precision int8|fp8` folder)")
     p.add_argument("--device", type=cli.device, default=cli.default_device())
     p.add_argument("--frames", nargs="+", type=cli.positive_int, default=[18, 36])
     p.add_argument("--resolution", nargs="+", default=["360p"], choices=sorted(RESOLUTIONS))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vita_deploy.config import get_config
+from vita_deploy.errors import InputError
 from vita_deploy.pipeline.feature_store import FeatureStore, HostPool, plain_allocator
 from vita_deploy.runtime.base import RuntimeMismatchError
 
@@ -79,6 +80,13 @@ def test_bench_lists_tf32_on_cpu_as_not_run():
     runs, not_run = bench.plan_runs(["torch"], ["fp32", "tf32"], torch.device("cpu"), {}, "r50")
     assert runs == [("torch", "fp32")]
     assert not_run[0]["precision"] == "tf32" and "TF32" in not_run[0]["reason"]
+    # int8 / fp8 are quantized exports: run on an exported backend with such an export, listed as not run eager
+    runs, not_run = bench.plan_runs(["torch", "onnxruntime"], ["fp32", "int8"], torch.device("cpu"),
+                                    {"fp32": "e32", "int8": "e8"}, "r50")
+    assert runs == [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    assert [(r["backend"], r["precision"]) for r in not_run] == [("torch", "int8")]
+    with pytest.raises(InputError, match="needs an fp8 export"):
+        bench.plan_runs(["onnxruntime"], ["fp8"], torch.device("cpu"), {"fp32": "e32"}, "r50")
 
 
 # --- kernel benchmark: inputs built once, outside the timed callable --------------------------------------------

@@ -1,7 +1,9 @@
 """INT8 / FP8 quantization: accuracy on the synthetic val set and CPU speed of the frame detector.
 
     python benchmarks/bench_quant.py --work /tmp/qbench --config tiny --parts accuracy speed
-    python benchmarks/bench_quant.py --work /tmp/qbench --config r50 --parts speed --num-videos 4
+    python benchmarks/bench_quant.py --work /tmp/qbench --config r50 --parts speed
+    python benchmarks/bench_quant.py --work /tmp/qbench --config r50 --parts accuracy --num-videos 3 \
+        --calib-frames 16 --no-sensitivity --chunk-size 4
 
 accuracy: `vita-deploy export --deform-attn native --precision fp32|int8|fp8 --sensitivity` (tiny: the shipped
     checkpoint, default synthetic calibration; r50: random weights, calibrated on 8 synthetic videos of seed 1),
@@ -90,7 +92,8 @@ def _export(out: Path, config: str, precision: str, extra: list[str]) -> None:
         print(f"export {out.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 
-def accuracy(work: Path, config: str, num_videos: int, calib_frames: int, sensitivity: bool = True) -> list[dict]:
+def accuracy(work: Path, config: str, num_videos: int, calib_frames: int, sensitivity: bool = True,
+             chunk_size: int | None = None) -> list[dict]:
     """fp32 / int8 (the CPU twin ONNX Runtime runs, and the S8S8 graph TensorRT builds, emulated) / fp8 exports of
     `config` verified on the synthetic val videos: AP of export vs eager, matched mask IoU, frame-query cosine.
     tiny: the shipped checkpoint; r50: random weights (seed 0), so AP means nothing and IoU / cosine are the figures."""
@@ -109,7 +112,8 @@ def accuracy(work: Path, config: str, num_videos: int, calib_frames: int, sensit
         report = work / f"verify_{config}_{precision}_{int8_graph}.json"
         report.unlink(missing_ok=True)
         rc = verify.main(["--export", str(out), "--backend", "onnxruntime", "--videos", str(data), "--num-videos",
-                          str(num_videos), "--device", "cpu", "--int8-graph", int8_graph, "--report", str(report)])
+                          str(num_videos), "--device", "cpu", "--int8-graph", int8_graph, "--report", str(report)]
+                         + (["--chunk-size", str(chunk_size)] if chunk_size else []))
         r = json.loads(report.read_text())
         v = r["video"]
         fq = [t["cosine"] for k, t in r["tensors"].items() if "frame_queries" in k]
@@ -216,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         "calibrated on synthetic videos of another seed)")
     p.add_argument("--sensitivity", action=argparse.BooleanOptionalAction, default=True,
                    help="accuracy: export int8/fp8 with --sensitivity (one quantization per block; minutes for r50)")
+    p.add_argument("--chunk-size", type=cli.positive_int,
+                   help="accuracy: verify --chunk-size (r50 at the config's 18 frames needs > 24 GiB on the CPU)")
     p.add_argument("--threads", type=cli.positive_int, default=2)
     p.add_argument("--repeats", type=cli.positive_int, default=5)
     p.add_argument("--warmup", type=cli.nonnegative_int, default=2)
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(argv)
     rows = []
     if "accuracy" in a.parts:
-        rows += accuracy(a.work, a.config, a.num_videos, a.calib_frames, a.sensitivity)
+        rows += accuracy(a.work, a.config, a.num_videos, a.calib_frames, a.sensitivity, a.chunk_size)
     if "speed" in a.parts:
         rows += speed(a.work, a.threads, a.repeats, a.warmup, a.calib_frames, a.config)
     a.out.parent.mkdir(parents=True, exist_ok=True)

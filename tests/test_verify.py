@@ -72,9 +72,12 @@ def test_verify_finds_the_weights_of_the_export(tmp_path, capsys):
                                                                max_frames=8, max_batch=2),
                  graphs=("frame_detector", "vita_head"))
     assert json.loads((export / "manifest.json").read_text())["checkpoint"] is None
-    assert verify.main(["--export", str(export), "--device", "cpu"]) == 0
+    assert verify.main(["--export", str(export), "--device", "cpu", "--chunk-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "exported without a checkpoint" in out and "PASS" in out
+    assert "frame_detector N=2 " in out  # the batch check at --chunk-size
+    assert verify.main(["--export", str(export), "--device", "cpu", "--chunk-size", "3"]) == 2
+    assert "--chunk-size 3 is more than the export's detector takes (2 frames)" in capsys.readouterr().err
     manifest = json.loads((export / "manifest.json").read_text())
     manifest.update(checkpoint=str(tmp_path / "gone.pth"), checkpoint_sha256="0" * 64)
     (export / "manifest.json").write_text(json.dumps(manifest))

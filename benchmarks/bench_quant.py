@@ -186,8 +186,9 @@ def markdown(rows: list[dict], env: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in acc:
             kept = r["kept_fp32_blocks"]
-            lines.append(f"| {r['config']} | {r['graph']} | {r['videos']} | {r['ap_eager']:.2f} | "
-                         f"{r['ap_export']:.2f} | {r['delta_ap']:+.2f} | {r['mean_matched_iou']:.4f} / "
+            ap = ("| - | - | - |" if r["ap_eager"] is None else
+                  f"| {r['ap_eager']:.2f} | {r['ap_export']:.2f} | {r['delta_ap']:+.2f} |")
+            lines.append(f"| {r['config']} | {r['graph']} | {r['videos']} {ap} {r['mean_matched_iou']:.4f} / "
                          f"{r['min_matched_iou']:.4f} | {r['frame_query_cosine_random_inputs']:.5f} | "
                          f"{'-' if kept is None else ', '.join(kept) or 'none'} | "
                          f"{'pass' if r['verify_rc'] == 0 else 'FAIL'} |")

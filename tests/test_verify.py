@@ -83,3 +83,23 @@ def test_verify_finds_the_weights_of_the_export(tmp_path, capsys):
     (export / "manifest.json").write_text(json.dumps(manifest))
     assert verify.main(["--export", str(export), "--device", "cpu"]) == 2
     assert f"was exported from is not here ({tmp_path / 'gone.pth'}): pass --checkpoint" in capsys.readouterr().err
+
+
+def test_verify_compares_masks_when_the_classes_differ(tmp_path, capsys):
+    """A model whose classes are not the dataset's categories (a zoo model on the synthetic set) gets no AP, but its
+    masks are still matched and compared (before, labels indexed past the category list: IndexError)."""
+    ckpt = save_checkpoint(tmp_path / "tiny.pth", random_model("tiny"))
+    generate_split(tmp_path / "data", "valid", 2, seed=5, min_frames=6, max_frames=8, progress=False)
+    gt = json.loads((tmp_path / "data" / "valid.json").read_text())
+    gt["categories"] = gt["categories"][:1]
+    gt["annotations"] = [x for x in gt["annotations"] if x["category_id"] == gt["categories"][0]["id"]]
+    (tmp_path / "data" / "valid.json").write_text(json.dumps(gt))
+    report = tmp_path / "report.json"
+    rc = verify.main(["--export", str(exported("tiny")), "--checkpoint", str(ckpt), "--videos", str(tmp_path / "data"),
+                      "--device", "cpu", "--report", str(report)])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert rc == 0, out + captured.err
+    assert "AP not computed: the model has" in out and "has 1 categories" in out
+    video = json.loads(report.read_text())["video"]
+    assert "ap_eager" not in video and video["instances"] > 0 and video["min_matched_iou"] >= 0.99

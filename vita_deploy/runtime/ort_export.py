@@ -19,9 +19,7 @@ from vita_deploy.runtime.base import graphs_from_engines, mask_features_from_eng
 from vita_deploy.runtime.ort_engine import OrtEngine
 
 GRAPHS = ("frame_detector", "vita_head", "mask_features")
-
-
-INT8_GRAPHS = ("auto", "tensorrt")
+INT8_GRAPHS = ("auto", "tensorrt")  # which graph of an INT8 export ONNX Runtime runs on the CPU (`ort_engine`)
 
 
 def ort_engine(export_dir: str | Path, graph: str, device: torch.device | str = "cpu",

@@ -197,7 +197,7 @@ def markdown(rows: list[dict], env: dict) -> str:
         lines += ["", "| graph | variant | threads | median ms | speed-up vs fp32 | frame-query cosine vs fp32 | "
                   "kernel ms in one profiled run (top 6) |", "|---|---|---|---|---|---|---|"]
         for r in sp:
-            k = ", ".join(f"{op} {ms:.0f}" for op, ms in list(r["kernel_ms"].items())[:6])
+            k = ", ".join(f"{op} {ms:.3g}" for op, ms in list(r["kernel_ms"].items())[:6])
             lines.append(f"| {r['graph']} | {r['variant']} | {r['threads']} | {r['median_ms']} | "
                          f"{r['speedup_vs_fp32']}x | {r['frame_query_cosine_vs_fp32']:.5f} | {k} |")
         r = sp[0]

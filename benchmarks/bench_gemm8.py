@@ -203,6 +203,11 @@ def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup
         torch.cuda.synchronize()
         run = lambda: [fn() for _ in range(INNER)]  # noqa: E731
         how = f"eager loop of {INNER} calls (graph capture failed: {first_line(e)})"
+    return event_median_ms(run, repeats, warmup) / INNER, how
+
+
+def event_median_ms(run: Callable[[], object], repeats: int, warmup: int) -> float:
+    """Median ms of run() between two CUDA events, after `warmup` untimed runs."""
     for _ in range(warmup):
         run()
     torch.cuda.synchronize()
@@ -213,8 +218,8 @@ def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup
         run()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / INNER)
-    return statistics.median(times), how
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def first_line(e: BaseException) -> str:
@@ -259,18 +264,7 @@ def detector_ms(model: nn.Module, x: torch.Tensor, device: torch.device, repeats
 
     if device.type != "cuda":
         return time_ms(fn, device, repeats, warmup)[0]
-    for _ in range(max(warmup, 1)):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return event_median_ms(fn, repeats, max(warmup, 1))
 
 
 def summary(rows: list[dict], det_ms: float, config: str, size: tuple[int, int]) -> dict:

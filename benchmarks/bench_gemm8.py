@@ -27,7 +27,6 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vita_deploy.benchmark import median_ms  # noqa: E402
 from vita_deploy.commands import cli  # noqa: E402
 
 FP8 = torch.float8_e4m3fn
@@ -178,14 +178,7 @@ def prepare(op: str, g: Gemm, device: torch.device, base_dtype: torch.dtype
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> tuple[float, str]:
     """Median ms of one call of fn, and how it was timed."""
     if device.type != "cuda":
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1000, "perf_counter, 1 call"
+        return median_ms(fn, repeats, warmup), "perf_counter, 1 call"
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the default stream (cuBLASLt workspace, heuristics) before capture

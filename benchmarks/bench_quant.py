@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections import Counter
@@ -29,18 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vita_deploy.benchmark import median_ms  # noqa: E402
 from vita_deploy.commands import cli  # noqa: E402
-
-
-def _median_ms(sess, feeds: dict, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
 
 
 GEMM_OPS = ("Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul")  # what INT8 can replace (fp32 kernels)
@@ -160,7 +149,7 @@ def speed(work: Path, threads: int, repeats: int, warmup: int, calib_frames: int
         outs = [sess.run(None, {"images": images[i: i + 1]}) for i in range(len(images))]
         fq = np.concatenate([o[0] for o in outs])
         ref = fq if ref is None else ref
-        ms = _median_ms(sess, feeds, repeats, warmup)
+        ms = median_ms(lambda: sess.run(None, feeds), repeats, warmup)
         rows.append({"part": "speed", "graph": f"{config} frame detector 1x3x{size[0]}x{size[1]}", "variant": name,
                      "threads": threads, "median_ms": round(ms, 1), "frame_query_cosine_vs_fp32": _cosine(fq, ref),
                      "kernel_ms": _kernels(path, ort_session_options("fp32", threads), feeds, work),

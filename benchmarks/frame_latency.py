@@ -8,30 +8,18 @@ Random weights (speed does not depend on them); median of --repeats runs after -
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vita_deploy.benchmark import median_ms  # noqa: E402
 from vita_deploy.commands import cli  # noqa: E402
 from vita_deploy.config import canonical_config_name, config_names, get_config  # noqa: E402
 from vita_deploy.modeling.model import build_model  # noqa: E402
 from vita_deploy.pipeline.preprocess import padded_size, shortest_edge_size  # noqa: E402
-
-
-def median_ms(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
 
 
 @cli.command

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -102,6 +103,19 @@ class RunResult:
     repeats: int
     warmup: int
     extra: dict = field(default_factory=dict)
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+    """Median wall-clock ms of one host-synchronous call of fn (time.perf_counter), after `warmup` untimed calls:
+    the CPU timing of the micro-benchmarks (GPU timings use CUDA events)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -193,7 +207,7 @@ def write_markdown(results: list[RunResult], path: Path, env: dict, memory: list
                    not_run: list[dict] | None = None) -> None:
     """One table row per run, then the runs asked for that cannot run here and why; with `memory` (rows of
     `memory_study`) a second table: peak memory vs video length."""
-    lines = [f"# Benchmark results\n", f"Machine: {env.get('gpu', env['processor'])}, {env['cpu_count']} CPU cores, "
+    lines = ["# Benchmark results\n", f"Machine: {env.get('gpu', env['processor'])}, {env['cpu_count']} CPU cores, "
              f"{env.get('ram_gib', '?')} GiB RAM, "
              f"torch {env['torch']} ({env['torch_threads']} threads), {env['date']}.  ",
              f"Command: `{env['command']}`\n",

@@ -38,7 +38,6 @@ from typing import Callable, Collection
 
 import numpy as np
 import onnx
-import torch
 
 from vita_deploy.config import ModelConfig
 from vita_deploy.errors import InputError

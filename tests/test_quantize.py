@@ -97,6 +97,11 @@ def test_sensitivity_sweep_chooses_the_placement(tmp_path):
     md = (out / "quant_placement.md").read_text()
     assert "| block (quantized alone) |" in md and "stay fp32: " in md
     assert all(f"| {b} |" in md for b in table)
+    # a limit no block meets would quantize nothing: refused with the fix, not a Q/DQ-free "int8" graph
+    shutil.copy(exported("tiny") / "frame_detector.onnx", out)
+    with pytest.raises(QuantizeError, match=r"--sensitivity 1e-12 keeps every block in fp32.*raise MAX_DROP"):
+        quantize_export(out, {"frame_detector": "frame_detector.onnx"}, TINY, QuantOptions("int8"), (64, 96),
+                        frames, source, sensitivity_max_drop=1e-12, log=print)
 
 
 def _dq_consumers(model: onnx.ModelProto) -> set[str]:

@@ -411,6 +411,11 @@ def quantize_export(out_dir: Path, files: dict[str, str], cfg: ModelConfig, opti
             record["sensitivity"] = sensitivity(detector, images, options, log)
             record["sensitivity_max_drop"] = sensitivity_max_drop
             record["kept_fp32_blocks"] = sensitive_blocks(record["sensitivity"], sensitivity_max_drop)
+            if set(record["kept_fp32_blocks"]) == set(record["sensitivity"]):
+                raise QuantizeError(
+                    f"--sensitivity {sensitivity_max_drop:g} keeps every block in fp32: each costs more than that "
+                    "alone (the table above)", out_dir, "raise MAX_DROP (the default is 0.001), or export --precision "
+                    "fp32 / fp16")
             log(f"      kept in fp32 (alone, cosine drop > {sensitivity_max_drop:g}): "
                 f"{', '.join(record['kept_fp32_blocks']) or 'none'}")
         # the VITA graph's calibration data: the frame queries the fp32 detector produces on the calibration frames

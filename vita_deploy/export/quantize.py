@@ -438,18 +438,15 @@ def quantize_export(out_dir: Path, files: dict[str, str], cfg: ModelConfig, opti
             quantize_graph(path, path, images, options, place, log)
             record["graphs"][graph] = place
     if "frame_detector" in files:
-        q = _run(out_dir / files["frame_detector"], images, options.precision)
-        record["calibration_parity"] = {
-            "frame_queries_cosine": _cosine(q["frame_queries"], fp32["frame_queries"]),
-            "frame_queries_rel": rel_err(q["frame_queries"], fp32["frame_queries"]),
-            "mask_features_rel": rel_err(q["mask_features"], fp32["mask_features"])}
+        def parity(q: dict[str, np.ndarray]) -> dict[str, float]:
+            return {"frame_queries_cosine": _cosine(q["frame_queries"], fp32["frame_queries"]),
+                    "frame_queries_rel": rel_err(q["frame_queries"], fp32["frame_queries"]),
+                    "mask_features_rel": rel_err(q["mask_features"], fp32["mask_features"])}
+
+        record["calibration_parity"] = parity(_run(out_dir / files["frame_detector"], images, options.precision))
         log(f"      detector on the calibration frames vs fp32: {record['calibration_parity']}")
         if "frame_detector" in cpu_int8:
-            q = _run(out_dir / cpu_int8["frame_detector"]["file"], images)
-            record["calibration_parity_cpu_int8"] = {
-                "frame_queries_cosine": _cosine(q["frame_queries"], fp32["frame_queries"]),
-                "frame_queries_rel": rel_err(q["frame_queries"], fp32["frame_queries"]),
-                "mask_features_rel": rel_err(q["mask_features"], fp32["mask_features"])}
+            record["calibration_parity_cpu_int8"] = parity(_run(out_dir / cpu_int8["frame_detector"]["file"], images))
             log(f"      CPU twin on the calibration frames vs fp32: {record['calibration_parity_cpu_int8']}")
     if "vita_head" in files:
         record["graphs"]["vita_head"] = placement(onnx.load(str(out_dir / files["vita_head"])))  # all fp32

@@ -40,6 +40,17 @@ def clip():
     return make_video(np.random.default_rng(0), 40, 40, 3, 3)
 
 
+def _write_video(path: Path, frames: np.ndarray, fourcc: str) -> Path:
+    """(T, H, W, 3) uint8 RGB frames -> a 10 fps video file in the given OpenCV codec; returns `path`."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (frames.shape[2], frames.shape[1]))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
 def _windowed_results(frames, model, wcfg, tmp_path, name="w", **kw):
     detector, vita = eager_track_graphs(model)
     writer = TrackWriter(tmp_path / f"{name}.json", tmp_path / f"{name}.jsonl")
@@ -290,13 +301,7 @@ def test_memory_flat_over_5000_streamed_frames(tmp_path):
 
 def test_mp4_read_as_a_stream_with_timings(tiny, clip, tmp_path):
     """An mp4 in windowed mode from the command line; --timings holds the latency and fps figures."""
-    import cv2
-    h, w = clip.frames.shape[1:3]
-    mp4 = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(mp4), cv2.VideoWriter_fourcc(*"mp4v"), 10, (w, h))
-    for f in clip.frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
+    mp4 = _write_video(tmp_path / "clip.mp4", clip.frames, "mp4v")
     out, timings = tmp_path / "r.json", tmp_path / "t.json"
     assert infer.main([str(mp4), "--window", "18", "--overlap", "6", "--config", "tiny", "--device", "cpu",
                        "--json", str(out), "--timings", str(timings)]) == 0
@@ -345,13 +350,7 @@ def test_http_url_is_read_as_a_live_stream(clip, tmp_path):
     stream)."""
     import socket
 
-    import cv2
-    h, w = clip.frames.shape[1:3]
-    avi = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
-    for f in clip.frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
+    avi = _write_video(tmp_path / "clip.avi", clip.frames, "MJPG")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -366,7 +365,8 @@ def test_http_url_is_read_as_a_live_stream(clip, tmp_path):
             except OSError:
                 time.sleep(0.1)
         source = open_source(f"http://127.0.0.1:{port}/clip.avi")
-        assert source.num_frames is None and iter(source) is source and (source.height, source.width) == (h, w)
+        assert source.num_frames is None and iter(source) is source
+        assert (source.height, source.width) == clip.frames.shape[1:3]
         got = list(FrameReader(source))
     finally:
         os.kill(server.pid, signal.SIGTERM)
